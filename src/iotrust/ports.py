@@ -1,0 +1,64 @@
+"""Ports: the narrow interfaces through which the core and the services reach the outside world.
+
+Adapters implement these; tests implement them with simulators. Nothing here does I/O itself.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+
+class Clock(Protocol):
+    """Where the current time comes from (always timezone-aware UTC)."""
+
+    def now(self) -> datetime:
+        """The current time."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> datetime:
+        """The current UTC time."""
+        return datetime.now(UTC)
+
+
+class FixedClock:
+    """A clock that only moves when told to: for tests and deterministic vectors."""
+
+    def __init__(self, at: datetime) -> None:
+        if at.tzinfo is None:
+            raise TypeError("FixedClock needs a timezone-aware datetime")
+        self._at = at
+
+    def now(self) -> datetime:
+        """The fixed time."""
+        return self._at
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward."""
+        from datetime import timedelta  # noqa: PLC0415 - keep the module surface small
+
+        self._at = self._at + timedelta(seconds=seconds)
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """A private key that stays where it lives (file, secure element, HSM).
+
+    Only ECDSA P-256 with SHA-256 is offered: ``sign`` returns a DER-encoded ECDSA signature
+    over SHA-256(data), exactly what X.509 and the onboarding transcript need.
+    """
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        """The public half of the key."""
+        ...
+
+    def sign(self, data: bytes) -> bytes:
+        """Sign ``SHA-256(data)``; return the DER ``Ecdsa-Sig-Value``."""
+        ...

@@ -62,3 +62,17 @@ class Signer(Protocol):
     def sign(self, data: bytes) -> bytes:
         """Sign ``SHA-256(data)``; return the DER ``Ecdsa-Sig-Value``."""
         ...
+
+
+@runtime_checkable
+class HasPrivateKey(Protocol):
+    """A :class:`Signer` whose key lives in this process (a software key store).
+
+    Certificate builders then sign directly with it (the fast path); any other signer signs the
+    to-be-signed bytes externally (PKCS#11, secure element).
+    """
+
+    @property
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        """The in-process private key."""
+        ...

@@ -1,0 +1,35 @@
+# iotrust — two commands on a fresh Debian/Python 3.11 machine:
+#   make run    install, initialise a trust domain in ./data if there is none, serve (SQLite)
+#   make test   install what the tests need (Debian packages included), lint, type-check, test
+.PHONY: run test lint unit bench venv clean
+
+DATA ?= data
+HOST ?= 127.0.0.1
+PORT ?= 8443
+export IOTRUST_DATA := $(abspath $(DATA))
+
+venv:
+	@scripts/venv.sh
+
+run: venv
+	@scripts/system-deps.sh run
+	.venv/bin/iotrust run --data $(DATA) --host $(HOST) --port $(PORT)
+
+lint: venv
+	.venv/bin/ruff check src tests benchmarks scripts
+	.venv/bin/mypy
+	.venv/bin/lint-imports
+
+test: venv
+	@scripts/system-deps.sh test
+	$(MAKE) --no-print-directory lint
+	.venv/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+unit: venv
+	.venv/bin/pytest tests/unit tests/property -q
+
+bench: venv
+	.venv/bin/python -m benchmarks.run $(BENCH_ARGS)
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

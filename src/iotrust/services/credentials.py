@@ -1,0 +1,150 @@
+"""Issuing, revoking and publishing: operational credentials and the CRL.
+
+Issuance checks the CSR (signature, P-256, key never seen before), sets the subject itself and
+records the credential, the key and an event in the caller's transaction. ``publish_crl`` builds a
+CRL from the registry, verifies it, and replaces the published file atomically: a garbage, empty
+or missing CRL at a broker reload fails open, so nothing unverified is ever written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from iotrust.adapters.sql.store import Database, Tx
+from iotrust.core import events as ev
+from iotrust.core import pki
+from iotrust.core.lifecycle import CredentialState
+from iotrust.core.records import CertificateAuthority, Credential
+from iotrust.ports import Clock
+from iotrust.services import eventlog
+from iotrust.services.domain import Secrets, active_issuing_ca
+from iotrust.services.files import write_atomic
+from iotrust.services.settings import Settings
+
+DEFAULT_CREDENTIAL_LIFETIME = timedelta(days=30)
+CRL_VALIDITY = timedelta(days=7)
+_REASONS = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "key_compromise": x509.ReasonFlags.key_compromise,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
+    "affiliation_changed": x509.ReasonFlags.affiliation_changed,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A freshly issued credential and its certificate."""
+
+    credential: Credential
+    certificate: x509.Certificate
+    ca: CertificateAuthority
+
+
+class Issuer:
+    """Issues device credentials from the active issuing CA, caching the opened CA key."""
+
+    def __init__(self, secrets: Secrets, clock: Clock) -> None:
+        self._secrets = secrets
+        self._clock = clock
+        self._contexts: dict[str, pki.IssuingContext] = {}
+
+    def context(self, ca: CertificateAuthority) -> pki.IssuingContext:
+        """The issuing context for ``ca`` (opened once per process)."""
+        ctx = self._contexts.get(ca.id)
+        if ctx is None:
+            cert = pki.load_certificate(ca.certificate_pem.encode())
+            ctx = pki.IssuingContext.from_ca(cert, self._secrets.open(ca.key_ref))
+            self._contexts[ca.id] = ctx
+        return ctx
+
+    def issue_for_device(
+        self,
+        tx: Tx,
+        *,
+        device_id: str,
+        csr: x509.CertificateSigningRequest | bytes,
+        lifetime: timedelta = DEFAULT_CREDENTIAL_LIFETIME,
+        actor: str,
+        crl_url: str | None = None,
+    ) -> Issued:
+        """Check ``csr`` and issue an operational certificate for ``device_id`` within ``tx``."""
+        public_key = pki.check_csr(csr)
+        spki = pki.spki_sha256(public_key)
+        now = self._clock.now()
+        tx.record_key(spki, "credential", device_id, now)  # ConflictError key_reused if seen
+        ca = active_issuing_ca(tx)
+        ctx = self.context(ca)
+        serial = pki.new_serial_number(os.urandom(20))
+        cert = ctx.issue_device(device_id=device_id, public_key=public_key, serial_number=serial,
+                                not_before=now - timedelta(minutes=5), lifetime=lifetime,
+                                crl_url=crl_url)
+        cred = Credential(
+            serial_number=f"{serial:x}", device_id=device_id, subject=device_id, spki_sha256=spki,
+            issuer_ca_id=ca.id, not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc, state=CredentialState.ISSUED,
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+            revoked_at=None, revocation_reason=None, created_at=now)
+        tx.add_credential(cred)
+        eventlog.record(tx, self._clock, ev.CREDENTIAL_ISSUED, actor=actor, device_id=device_id,
+                        data={"serial": cred.serial_number, "ca": ca.id,
+                              "not_after": cred.not_after.isoformat(), "spki_sha256": spki})
+        return Issued(credential=cred, certificate=cert, ca=ca)
+
+
+def revoke_credential(tx: Tx, clock: Clock, serial_hex: str, *, reason: str, actor: str) -> bool:
+    """Revoke one credential within ``tx``; returns False if it was already revoked."""
+    cred = tx.get_credential(serial_hex)
+    if cred.state is CredentialState.REVOKED:
+        return False
+    tx.update_credential_state(serial_hex, CredentialState.REVOKED, revoked_at=clock.now(),
+                               reason=reason)
+    eventlog.record(tx, clock, ev.CREDENTIAL_REVOKED, actor=actor, device_id=cred.device_id,
+                    reason=reason, data={"serial": serial_hex, "ca": cred.issuer_ca_id})
+    return True
+
+
+def build_crl_for(tx: Tx, secrets: Secrets, ca: CertificateAuthority, now: datetime,
+                  validity: timedelta = CRL_VALIDITY) -> x509.CertificateRevocationList:
+    """Build and verify a fresh CRL of ``ca`` from the registry within ``tx``."""
+    ca_cert = pki.load_certificate(ca.certificate_pem.encode())
+    entries = [
+        pki.RevokedEntry(serial_number=int(serial_hex, 16), revoked_at=at,
+                         reason=_REASONS.get(reason or "", x509.ReasonFlags.unspecified))
+        for serial_hex, at, reason in tx.revoked_serials(ca.id)
+    ]
+    number = tx.next_crl_number(ca.id)
+    crl = pki.build_crl(secrets.open(ca.key_ref), ca_cert, entries, crl_number=number,
+                        this_update=now, next_update=now + validity)
+    pki.check_crl(crl, ca_cert, now)  # never publish what we could not verify ourselves
+    return crl
+
+
+def publish_crls(db: Database, settings: Settings, secrets: Secrets, clock: Clock, *,
+                 actor: str) -> list[str]:
+    """Re-sign the CRL of every non-retired issuing CA and replace the published files atomically.
+
+    Writes ``crl/<ca-id>.crl.pem`` per CA and ``crl/all.crl.pem`` (every CA's CRL, the form
+    Mosquitto's ``crlfile`` and ``openssl -CRLfile`` take). Returns the CA ids published.
+    """
+    now = clock.now()
+    published: list[tuple[str, bytes]] = []
+    with db.transaction() as tx:
+        for ca in tx.list_cas(role="issuing"):
+            if ca.state == "retired":
+                continue
+            crl = build_crl_for(tx, secrets, ca, now)
+            pem = crl.public_bytes(serialization.Encoding.PEM)
+            published.append((ca.id, pem))
+            eventlog.record(tx, clock, ev.CRL_PUBLISHED, actor=actor,
+                            data={"ca": ca.id, "entries": len(crl),
+                                  "next_update": (now + CRL_VALIDITY).isoformat()})
+    for ca_id, pem in published:
+        write_atomic(settings.crl_dir / f"{ca_id}.crl.pem", pem, mode=0o644)
+    write_atomic(settings.crl_dir / "all.crl.pem", b"".join(p for _, p in published), mode=0o644)
+    return [ca_id for ca_id, _ in published]

@@ -20,11 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from iotrust.adapters.keys.file import passphrase_from_environment
-from iotrust.adapters.keys.refs import pin_from_environment
 from iotrust.adapters.sql.store import Database
 from iotrust.errors import IotrustError
-from iotrust.services.domain import KeyBackend, Secrets
+from iotrust.services.domain import KeyBackend, Secrets, secrets_from_environment
 from iotrust.services.settings import Settings
 
 out = Console()
@@ -53,20 +51,7 @@ class Env:
 
     def secrets(self) -> Secrets:
         """Secrets for CA keys, from the environment (never from the command line)."""
-        passphrase: bytes | None
-        try:
-            passphrase = passphrase_from_environment()
-        except IotrustError:
-            passphrase = None
-        generated = self.settings.data_dir / "passphrase"
-        if passphrase is None and generated.exists():
-            passphrase = generated.read_bytes().rstrip(b"\n")
-        pin: str | None
-        try:
-            pin = pin_from_environment()
-        except IotrustError:
-            pin = None
-        return Secrets(passphrase=passphrase, pin=pin)
+        return secrets_from_environment(self.settings)
 
     def secrets_with(self, backend: KeyBackend) -> Secrets:
         """Secrets matching the key backend just used (e.g. a freshly generated passphrase)."""

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from iotrust.adapters.keys.file import EncryptedFileSigner
+from iotrust.adapters.keys.file import EncryptedFileSigner, passphrase_from_environment
 from iotrust.adapters.keys.pkcs11 import Pkcs11Signer
-from iotrust.adapters.keys.refs import open_signer, parse_key_ref
+from iotrust.adapters.keys.refs import open_signer, parse_key_ref, pin_from_environment
 from iotrust.adapters.sql.store import Database, Tx
 from iotrust.core import events as ev
 from iotrust.core import pki
@@ -83,6 +83,28 @@ class Secrets:
     def open(self, key_ref: str) -> Signer:
         """Open the signer a key reference names."""
         return open_signer(key_ref, passphrase=self.passphrase, pin=self.pin)
+
+
+def secrets_from_environment(settings: Settings) -> Secrets:
+    """CA-key secrets from ``IOTRUST_PASSPHRASE[_FILE]`` and ``IOTRUST_PKCS11_PIN``.
+
+    Falls back to ``DATA/passphrase`` only if an operator created it explicitly for development
+    (``iotrust init --generate-passphrase-file`` or ``iotrust run``).
+    """
+    passphrase: bytes | None
+    try:
+        passphrase = passphrase_from_environment()
+    except InputError:
+        passphrase = None
+    generated = settings.data_dir / "passphrase"
+    if passphrase is None and generated.exists():
+        passphrase = generated.read_bytes().rstrip(b"\n")
+    pin: str | None
+    try:
+        pin = pin_from_environment()
+    except InputError:
+        pin = None
+    return Secrets(passphrase=passphrase, pin=pin)
 
 
 def init_domain(

@@ -1,0 +1,1 @@
+"""The HTTP edge: a FastAPI app over the services (``create_app``)."""

@@ -1,0 +1,113 @@
+"""The iotrust HTTP API: one ``create_app(settings)``, stateless over the registry.
+
+Operator endpoints require a bearer token (``iotrust token create``) whose role grants the
+permission the endpoint names; device endpoints (onboarding) authenticate devices by signatures.
+One exception handler maps the error tree to a status code and ``{"error", "reason", "detail"}``.
+The app keeps no state between requests beyond caches of immutable things (opened CA keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from cryptography.hazmat.primitives import serialization
+from fastapi.responses import JSONResponse, Response
+
+from iotrust import __version__
+from iotrust.adapters.sql.store import Database
+from iotrust.api import operators
+from iotrust.core import pki
+from iotrust.core.records import ApiToken
+from iotrust.errors import AuthError, IotrustError, NotFoundError
+from iotrust.ports import Clock, SystemClock
+from iotrust.services import tokens
+from iotrust.services.domain import Secrets, secrets_from_environment
+from iotrust.services.settings import Settings
+
+
+class AppState:
+    """What request handlers share: the database, clock and secrets."""
+
+    def __init__(self, settings: Settings, db: Database, clock: Clock, secrets: Secrets) -> None:
+        self.settings = settings
+        self.db = db
+        self.clock = clock
+        self.secrets = secrets
+
+
+def _status(exc: IotrustError) -> int:
+    if isinstance(exc, AuthError) and exc.reason == "forbidden":
+        return 403
+    if exc.reason == "rate_limited":
+        return 429
+    return exc.http_status
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None,
+               secrets: Secrets | None = None, db: Database | None = None) -> FastAPI:
+    """Build the API for one trust domain."""
+    app = FastAPI(title="iotrust", version=__version__,
+                  description="Device lifecycle trust service: onboarding, registry, events.")
+    state = AppState(settings, db or Database.open(settings.database_url), clock or SystemClock(),
+                     secrets or Secrets())
+    app.state.iotrust = state
+
+    @app.exception_handler(IotrustError)
+    async def _iotrust_error(_: Request, exc: IotrustError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if _status(exc) == 401 else None  # noqa: PLR2004
+        return JSONResponse(exc.as_dict(), status_code=_status(exc), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": "InputError", "reason": "invalid_request",
+                             "detail": f"{where}: {first.get('msg', 'invalid')}"[:300]},
+                            status_code=422)
+
+    @app.get("/v1/health", tags=["service"])
+    def health() -> dict[str, str]:
+        """Liveness: the process answers and the registry is reachable."""
+        with state.db.transaction() as tx:
+            tx.event_head()
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/crl/{ca_id}.crl", tags=["service"], response_class=Response)
+    def crl(ca_id: str) -> Response:
+        """The published CRL of an issuing CA (DER), as named in certificates."""
+        if not ca_id.replace("-", "").isalnum():
+            raise NotFoundError("no such CRL", reason="unknown_ca")
+        path = state.settings.crl_dir / f"{ca_id}.crl.pem"
+        if not path.exists():
+            raise NotFoundError("no such CRL", reason="unknown_ca")
+        crl_obj = pki.load_crl(path.read_bytes())
+        return Response(crl_obj.public_bytes(serialization.Encoding.DER),
+                        media_type="application/pkix-crl")
+
+    app.include_router(operators.router(state, require))
+    return app
+
+
+def require(permission: str) -> Callable[..., ApiToken]:
+    """A dependency: the request's bearer token, authorised for ``permission``."""
+
+    def dependency(request: Request) -> ApiToken:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise AuthError("a valid operator token is required", reason="unauthenticated")
+        state: AppState = request.app.state.iotrust
+        token = tokens.authenticate(state.db, value.strip())
+        tokens.authorize(token, permission)
+        return token
+
+    return dependency
+
+
+def app_from_environment() -> FastAPI:
+    """The uvicorn factory used by ``iotrust serve``: settings and secrets from the environment."""
+    settings = Settings.from_environment()
+    return create_app(settings, secrets=secrets_from_environment(settings))
+

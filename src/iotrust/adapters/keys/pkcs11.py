@@ -143,7 +143,10 @@ def _acquire_session(module: str, token_label: str, pin: str, action: str) -> _T
         shared = _sessions.get(key)
         if shared is not None:
             if not hmac.compare_digest(shared.pin_tag, tag):
-                raise InputError(f"{action}: the token refused the PIN", reason="bad_pin")
+                raise InputError(
+                    f"{action}: the PIN differs from the one the open session logged in with",
+                    reason="bad_pin",
+                )
             shared.users += 1
             return shared
         try:

@@ -1,0 +1,133 @@
+"""Certificate revocation lists: building them, checking them, and looking a serial up.
+
+A CRL we publish always carries an authority key identifier and a CRL number, and always has a
+``nextUpdate``: a relying party (Mosquitto, openssl, our own chain check) refuses every
+certificate once it has passed, so re-signing on time is the publisher's job. This module
+does not fetch, store or publish CRLs, and does not pick the CRL number (the caller keeps the
+counter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from iotrust.core.pki._issuance import IssuingContext
+from iotrust.core.pki._profiles import MAX_SERIAL_NUMBER, check_serial_number
+from iotrust.core.pki._signing import sign_builder
+from iotrust.errors import InputError, TrustError
+from iotrust.ports import Signer
+
+_CRL_SIGNING_KEYS = (
+    ec.EllipticCurvePublicKey,
+    rsa.RSAPublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+)
+
+#: Upper bound on the entries of one CRL we build.
+MAX_CRL_ENTRIES = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedEntry:
+    """One revoked certificate: its serial number, when, and optionally why."""
+
+    serial_number: int
+    revoked_at: datetime
+    reason: x509.ReasonFlags | None = None
+
+    def __post_init__(self) -> None:
+        check_serial_number(self.serial_number)
+        if self.revoked_at.tzinfo is None:
+            raise TypeError("revoked_at must be timezone-aware")
+        if self.reason is not None and not isinstance(self.reason, x509.ReasonFlags):
+            raise TypeError("reason must be an x509.ReasonFlags")
+        if self.reason is x509.ReasonFlags.remove_from_crl:
+            raise InputError("removeFromCRL only exists in delta CRLs", reason="invalid_crl_entry")
+
+
+def build_crl(
+    ca_signer: Signer,
+    ca_cert: x509.Certificate,
+    revoked: Iterable[RevokedEntry],
+    *,
+    crl_number: int,
+    this_update: datetime,
+    next_update: datetime,
+) -> x509.CertificateRevocationList:
+    """A CRL of ``ca_cert`` listing ``revoked``, signed by ``ca_signer``.
+
+    Raises:
+        InputError: ``not_a_ca`` / ``ca_signer_mismatch`` (see :class:`IssuingContext`),
+            ``invalid_crl_window`` if ``next_update`` is not after ``this_update``,
+            ``invalid_crl_number``, ``duplicate_serial`` or ``too_large``.
+    """
+    context = IssuingContext(ca_cert, ca_signer)
+    if this_update.tzinfo is None or next_update.tzinfo is None:
+        raise TypeError("CRL times must be timezone-aware")
+    if next_update <= this_update:
+        raise InputError("nextUpdate must be after thisUpdate", reason="invalid_crl_window")
+    if isinstance(crl_number, bool) or not 0 <= crl_number <= MAX_SERIAL_NUMBER:
+        raise InputError("CRL number must be in 0..2**159-1", reason="invalid_crl_number")
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(context.issuer_name)
+        .last_update(this_update)
+        .next_update(next_update)
+        .add_extension(context.authority_key_identifier, critical=False)
+        .add_extension(x509.CRLNumber(crl_number), critical=False)
+    )
+    seen: set[int] = set()
+    for entry in revoked:
+        if entry.serial_number in seen:
+            raise InputError("a serial number is listed twice", reason="duplicate_serial")
+        seen.add(entry.serial_number)
+        if len(seen) > MAX_CRL_ENTRIES:
+            raise InputError("too many revoked certificates", reason="too_large")
+        revoked_builder = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(entry.serial_number)
+            .revocation_date(entry.revoked_at)
+        )
+        if entry.reason is not None:
+            revoked_builder = revoked_builder.add_extension(
+                x509.CRLReason(entry.reason), critical=False
+            )
+        builder = builder.add_revoked_certificate(revoked_builder.build())
+    return sign_builder(builder, ca_signer)
+
+
+def check_crl(crl: x509.CertificateRevocationList, ca_cert: x509.Certificate, at: datetime) -> None:
+    """Return if ``crl`` is ``ca_cert``'s current CRL at time ``at``; raise otherwise.
+
+    Raises:
+        TrustError: ``crl_invalid`` if the issuer differs, the CA may not sign CRLs, the
+            signature does not verify or ``thisUpdate`` is in the future; ``crl_expired`` if
+            the CRL has no ``nextUpdate`` or ``at`` is past it.
+    """
+    if crl.issuer != ca_cert.subject:
+        raise TrustError("the CRL was issued by another CA", reason="crl_invalid")
+    try:
+        usage = ca_cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and not usage.crl_sign:
+        raise TrustError("the CA may not sign CRLs", reason="crl_invalid")
+    public_key = ca_cert.public_key()
+    if not isinstance(public_key, _CRL_SIGNING_KEYS) or not crl.is_signature_valid(public_key):
+        raise TrustError("the CRL signature does not verify", reason="crl_invalid")
+    if crl.last_update_utc > at:
+        raise TrustError("the CRL is not valid yet", reason="crl_invalid")
+    next_update = crl.next_update_utc
+    if next_update is None or at > next_update:
+        raise TrustError("the CRL is past its nextUpdate", reason="crl_expired")
+
+
+def is_revoked(crl: x509.CertificateRevocationList, serial_number: int) -> bool:
+    """Whether ``serial_number`` is listed in ``crl`` (check the CRL first: :func:`check_crl`)."""
+    return crl.get_revoked_certificate_by_serial_number(serial_number) is not None

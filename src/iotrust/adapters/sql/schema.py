@@ -1,0 +1,246 @@
+"""The registry's tables as SQLAlchemy Core metadata (the same on SQLite and PostgreSQL).
+
+This is the *current* schema, used to build statements and to check that the migrations produce
+it; the migrations in ``migrations/versions`` are what actually create and change tables. Every
+constraint has a deterministic name (``naming_convention``) so that integrity errors can be mapped
+to precise reasons. Timestamps go through :class:`UtcDateTime`, which refuses naive values and
+returns aware UTC datetimes on every backend.
+
+This module runs no SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+)
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "pk": "pk_%(table_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that only accepts and only returns aware UTC datetimes.
+
+    SQLite has no time zones: values are stored as naive UTC text (fixed width, so comparisons in
+    SQL order correctly) and come back tagged UTC. PostgreSQL stores ``timestamptz``.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Normalise to UTC; naive datetimes are a programming error."""
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise TypeError("only timezone-aware datetimes can be stored")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return aware UTC."""
+        del dialect
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _states(column: str, values: tuple[str, ...], name: str | None = None) -> CheckConstraint:
+    listed = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=name or column)
+
+
+DEVICE_STATES = ("expected", "active", "quarantined", "retired")
+CREDENTIAL_STATES = ("issued", "active", "superseded", "revoked", "expired")
+SESSION_STATES = ("open", "attested", "confirmed", "expired", "refused")
+
+trust_domain = Table(
+    "trust_domain", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(64), nullable=False),
+    Column("owner", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("root_ca_id", String(128), nullable=True),
+    Column("server_id", String(128), nullable=False),
+    Column("settings", JSON, nullable=False),
+    CheckConstraint("id = 1", name="single_row"),
+)
+
+certificate_authorities = Table(
+    "certificate_authorities", metadata,
+    Column("id", String(128), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("certificate_pem", Text, nullable=False),
+    Column("key_ref", String(1000), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("not_after", UtcDateTime(), nullable=False),
+    Column("crl_number", BigInteger, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    _states("role", ("root", "issuing")),
+    _states("state", ("active", "retiring", "retired")),
+)
+
+manufacturers = Table(
+    "manufacturers", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("anchors_pem", Text, nullable=False),
+    Column("allowed", JSON, nullable=False),
+    Column("revoked", Boolean, nullable=False),
+    Column("unsafe_manufacturer_trust", Boolean, nullable=False, server_default=false()),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+device_models = Table(
+    "device_models", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("manufacturer", String(64), ForeignKey("manufacturers.name"), nullable=False),
+    Column("hardware_profile", Text, nullable=True),
+    Column("credential_lifetime_s", Integer, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+devices = Table(
+    "devices", metadata,
+    Column("id", String(30), primary_key=True),
+    Column("manufacturer", String(64), ForeignKey("manufacturers.name"), nullable=False),
+    Column("serial", String(64), nullable=False),
+    Column("factory_spki_sha256", String(64), nullable=False, unique=True),
+    Column("vendor_id", String(64), nullable=False),
+    Column("product_id", String(64), nullable=False),
+    Column("owner", String(64), nullable=False),
+    Column("model", String(64), ForeignKey("device_models.name"), nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("retired_reason", String(32), nullable=True),
+    Column("key_storage", String(32), nullable=False),
+    Column("unsafe_admission", Boolean, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("last_seen_at", UtcDateTime(), nullable=True),
+    UniqueConstraint("manufacturer", "serial"),
+    Index(None, "state", "id"),
+    _states("state", DEVICE_STATES),
+)
+
+vouchers = Table(
+    "vouchers", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(30), ForeignKey("devices.id"), nullable=False),
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("raw", LargeBinary, nullable=False),
+    Column("owner", String(64), nullable=False),
+    Column("imported_at", UtcDateTime(), nullable=False),
+    Column("superseded", Boolean, nullable=False),
+    Index(None, "device_id", "superseded"),
+)
+
+credentials = Table(
+    "credentials", metadata,
+    Column("serial_number", String(40), primary_key=True),
+    Column("device_id", String(30), ForeignKey("devices.id"), nullable=True),
+    Column("subject", String(200), nullable=False),
+    Column("spki_sha256", String(64), nullable=False, unique=True),
+    Column("issuer_ca_id", String(128), ForeignKey("certificate_authorities.id"), nullable=False),
+    Column("not_before", UtcDateTime(), nullable=False),
+    Column("not_after", UtcDateTime(), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("certificate_pem", Text, nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+    Column("revocation_reason", String(64), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "device_id", "state"),
+    Index(None, "issuer_ca_id", "state"),
+    _states("state", CREDENTIAL_STATES),
+)
+
+onboarding_sessions = Table(
+    "onboarding_sessions", metadata,
+    Column("id", String(128), primary_key=True),
+    Column("device_id", String(30), ForeignKey("devices.id"), nullable=False, index=True),
+    Column("serial", String(64), nullable=False),
+    Column("nonce_sha256", String(64), nullable=False, unique=True),
+    Column("device_nonce", String(128), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("consumed_at", UtcDateTime(), nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("credential_serial", String(40), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    _states("state", SESSION_STATES),
+)
+
+api_tokens = Table(
+    "api_tokens", metadata,
+    Column("id", String(128), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+    _states("role", ("admin", "operator", "auditor")),
+)
+
+events = Table(
+    "events", metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("kind", String(100), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("device_id", String(64), nullable=True),
+    Column("reason", String(100), nullable=True),
+    Column("data", Text, nullable=False),
+    Column("prev_hash", String(200), nullable=False),
+    Column("hash", String(200), nullable=False),
+    Index(None, "device_id", "seq"),
+    Index(None, "kind", "seq"),
+)
+
+event_head = Table(
+    "event_head", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(200), nullable=False),
+    CheckConstraint("id = 1", name="single_row"),
+)
+
+seen_keys = Table(
+    "seen_keys", metadata,
+    Column("spki_sha256", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("device_id", String(64), nullable=True),
+    Column("first_seen_at", UtcDateTime(), nullable=False),
+    _states("kind", ("factory", "csr", "credential")),
+)

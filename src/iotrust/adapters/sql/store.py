@@ -1,0 +1,1050 @@
+"""The registry's storage: a :class:`Database` handing out :class:`Tx` units of work.
+
+The same code runs on SQLite (the embedded default: WAL, foreign keys on, every writing
+transaction begins with ``BEGIN IMMEDIATE`` so writers queue on the busy timeout instead of
+failing half-way) and on PostgreSQL (READ COMMITTED; single-use nonces and lifecycle transitions
+are conditional ``UPDATE`` statements, the event-log head is locked with ``SELECT ... FOR UPDATE``).
+
+:class:`Tx` methods take and return core values (:class:`~iotrust.core.lifecycle.Device` and the
+records of :mod:`iotrust.core.records`), never driver rows. Driver errors are translated at one
+seam, :func:`_translate`: integrity violations become :class:`~iotrust.errors.ConflictError` (or
+:class:`~iotrust.errors.NotFoundError` for a reference to something missing) with a precise
+``reason``; anything else from the driver becomes :class:`~iotrust.errors.BackendError`
+(``database_busy`` or ``database_unavailable``). Each single-row write runs in a savepoint, so a
+refused write leaves the registry and the unit of work as they were.
+
+This module does not decide anything: no lifecycle rules, no hashing of events, no clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    Executable,
+    Row,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    StatementError,
+)
+from sqlalchemy.pool import StaticPool
+
+from iotrust.adapters.sql import schema as s
+from iotrust.core.lifecycle import (
+    CredentialState,
+    Device,
+    DeviceState,
+    KeyStorage,
+    RetirementReason,
+)
+from iotrust.core.records import (
+    ApiToken,
+    CaRole,
+    CaState,
+    CertificateAuthority,
+    Credential,
+    DeviceModel,
+    EventHead,
+    EventRow,
+    KeyKind,
+    Manufacturer,
+    OnboardingSession,
+    SessionState,
+    TrustDomain,
+    Voucher,
+    as_enum,
+    check_sha256_hex,
+)
+from iotrust.errors import (
+    BackendError,
+    ConflictError,
+    InputError,
+    IotrustError,
+    NotFoundError,
+)
+
+__all__ = ["MIGRATIONS_DIR", "Database", "Tx"]
+
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S: Final = 30
+MAX_PAGE: Final = 10_000
+
+_T = TypeVar("_T")
+
+# --------------------------------------------------------------------------------------------
+# The one seam where driver errors become iotrust errors.
+# --------------------------------------------------------------------------------------------
+
+#: What each named constraint means when a write violates it.
+_CONSTRAINT_ERRORS: Final[dict[str, tuple[type[IotrustError], str]]] = {
+    "pk_trust_domain": (ConflictError, "domain_exists"),
+    "pk_certificate_authorities": (ConflictError, "ca_exists"),
+    "pk_manufacturers": (ConflictError, "manufacturer_exists"),
+    "pk_device_models": (ConflictError, "model_exists"),
+    "fk_device_models_manufacturer_manufacturers": (NotFoundError, "unknown_manufacturer"),
+    "pk_devices": (ConflictError, "duplicate_device_id"),
+    "uq_devices_manufacturer_serial": (ConflictError, "duplicate_serial"),
+    "uq_devices_factory_spki_sha256": (ConflictError, "duplicate_factory_key"),
+    "fk_devices_manufacturer_manufacturers": (NotFoundError, "unknown_manufacturer"),
+    "fk_devices_model_device_models": (NotFoundError, "unknown_model"),
+    "pk_vouchers": (ConflictError, "duplicate_voucher"),
+    "uq_vouchers_sha256": (ConflictError, "duplicate_voucher"),
+    "fk_vouchers_device_id_devices": (NotFoundError, "unknown_device"),
+    "pk_credentials": (ConflictError, "duplicate_credential_serial"),
+    "uq_credentials_spki_sha256": (ConflictError, "duplicate_credential_key"),
+    "fk_credentials_device_id_devices": (NotFoundError, "unknown_device"),
+    "fk_credentials_issuer_ca_id_certificate_authorities": (NotFoundError, "unknown_ca"),
+    "pk_onboarding_sessions": (ConflictError, "duplicate_session"),
+    "uq_onboarding_sessions_nonce_sha256": (ConflictError, "nonce_reused"),
+    "fk_onboarding_sessions_device_id_devices": (NotFoundError, "unknown_device"),
+    "pk_api_tokens": (ConflictError, "duplicate_token_id"),
+    "uq_api_tokens_name": (ConflictError, "token_exists"),
+    "uq_api_tokens_token_sha256": (ConflictError, "duplicate_token"),
+    "pk_events": (ConflictError, "event_seq_taken"),
+    "pk_seen_keys": (ConflictError, "key_reused"),
+}
+
+
+def _unique_by_columns() -> dict[tuple[str, frozenset[str]], str]:
+    """(table, columns) → constraint name, for SQLite's column-listing UNIQUE messages."""
+    out: dict[tuple[str, frozenset[str]], str] = {}
+    for table in s.metadata.tables.values():
+        for constraint in table.constraints:
+            columns = frozenset(c.name for c in getattr(constraint, "columns", ()))
+            if columns and constraint.name and not hasattr(constraint, "elements"):
+                out[(table.name, columns)] = str(constraint.name)
+    return out
+
+
+_UNIQUE_BY_COLUMNS: Final = _unique_by_columns()
+_PG_BUSY: Final = frozenset({"40001", "40P01", "55P03", "57014"})  # serialization, deadlock,
+#                                                                  lock timeout, cancelled
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:200]
+
+
+def _translate(exc: DBAPIError) -> BackendError:
+    """Map a driver failure that is not an integrity violation to :class:`BackendError`."""
+    orig = exc.orig
+    text = str(orig).lower()
+    sqlstate = getattr(orig, "sqlstate", None)
+    busy = sqlstate in _PG_BUSY or "database is locked" in text or "database table is locked" \
+        in text or "database is busy" in text
+    if busy:
+        return BackendError("the database is busy; retry", reason="database_busy",
+                            detail=_first_line(exc))
+    return BackendError("the database is unavailable", reason="database_unavailable",
+                        detail=_first_line(exc))
+
+
+def _unwrap(exc: StatementError) -> BaseException:
+    """A bad bound value (e.g. a naive datetime) is the caller's bug: re-raise it as itself."""
+    orig = exc.orig
+    return orig if isinstance(orig, (TypeError, ValueError)) else exc
+
+
+def _violated_constraint(exc: IntegrityError) -> str | None:
+    """The name of the violated constraint, if the driver says which."""
+    orig = exc.orig
+    diag = getattr(orig, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    if name:
+        return str(name)
+    text = str(orig)
+    if text.startswith("UNIQUE constraint failed:"):
+        pairs = [p.strip().split(".", 1) for p in text.split(":", 1)[1].split(",")]
+        tables = {p[0] for p in pairs if len(p) == 2}  # noqa: PLR2004
+        if len(tables) == 1:
+            return _UNIQUE_BY_COLUMNS.get((tables.pop(), frozenset(p[1] for p in pairs)))
+    if text.startswith("CHECK constraint failed:"):
+        return text.split(":", 1)[1].strip()
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Row ⇄ value mapping (hand-written: no ORM in the hot paths).
+# --------------------------------------------------------------------------------------------
+
+_DEVICE_COLUMNS: Final = (
+    s.devices.c.id, s.devices.c.manufacturer, s.devices.c.serial,
+    s.devices.c.factory_spki_sha256, s.devices.c.vendor_id, s.devices.c.product_id,
+    s.devices.c.owner, s.devices.c.state, s.devices.c.created_at, s.devices.c.updated_at,
+    s.devices.c.model, s.devices.c.retired_reason, s.devices.c.key_storage,
+    s.devices.c.unsafe_admission,
+)
+_GET_DEVICE: Final = select(*_DEVICE_COLUMNS).where(s.devices.c.id == bindparam("id"))
+_FIND_DEVICE: Final = select(*_DEVICE_COLUMNS).where(
+    s.devices.c.manufacturer == bindparam("manufacturer"),
+    s.devices.c.serial == bindparam("serial"))
+_FIND_DEVICE_BY_KEY: Final = select(*_DEVICE_COLUMNS).where(
+    s.devices.c.factory_spki_sha256 == bindparam("spki"))
+_INSERT_DEVICE: Final = insert(s.devices)
+
+
+def _device(row: Row[Any]) -> Device:
+    (id_, manufacturer, serial, spki, vendor, product, owner, state, created, updated, model,
+     retired, storage, unsafe) = row
+    return Device(
+        id=id_, manufacturer=manufacturer, serial=serial, factory_spki_sha256=spki,
+        vendor_id=vendor, product_id=product, owner=owner, state=DeviceState(state),
+        created_at=created, updated_at=updated, model=model,
+        retired_reason=RetirementReason(retired) if retired is not None else None,
+        key_storage=KeyStorage(storage), unsafe_admission=bool(unsafe))
+
+
+def _device_row(d: Device) -> dict[str, Any]:
+    return {
+        "id": d.id, "manufacturer": d.manufacturer, "serial": d.serial,
+        "factory_spki_sha256": d.factory_spki_sha256, "vendor_id": d.vendor_id,
+        "product_id": d.product_id, "owner": d.owner, "model": d.model,
+        "state": d.state.value,
+        "retired_reason": d.retired_reason.value if d.retired_reason is not None else None,
+        "key_storage": d.key_storage.value, "unsafe_admission": d.unsafe_admission,
+        "created_at": d.created_at, "updated_at": d.updated_at, "last_seen_at": None,
+    }
+
+
+def _domain(row: Row[Any]) -> TrustDomain:
+    settings = row.settings if isinstance(row.settings, dict) else json.loads(row.settings)
+    return TrustDomain(name=row.name, owner=row.owner, created_at=row.created_at,
+                       server_id=row.server_id, root_ca_id=row.root_ca_id, settings=settings)
+
+
+def _ca(row: Row[Any]) -> CertificateAuthority:
+    return CertificateAuthority(
+        id=row.id, role=CaRole(row.role), name=row.name, certificate_pem=row.certificate_pem,
+        key_ref=row.key_ref, state=CaState(row.state), not_after=row.not_after,
+        created_at=row.created_at, crl_number=int(row.crl_number))
+
+
+def _manufacturer(row: Row[Any]) -> Manufacturer:
+    return Manufacturer(
+        name=row.name, display_name=row.display_name, anchors_pem=row.anchors_pem,
+        allowed=tuple(row.allowed), created_at=row.created_at, revoked=bool(row.revoked),
+        unsafe_manufacturer_trust=bool(row.unsafe_manufacturer_trust))
+
+
+def _model(row: Row[Any]) -> DeviceModel:
+    return DeviceModel(name=row.name, manufacturer=row.manufacturer,
+                       credential_lifetime_s=int(row.credential_lifetime_s),
+                       created_at=row.created_at, hardware_profile=row.hardware_profile)
+
+
+def _voucher(row: Row[Any]) -> Voucher:
+    return Voucher(id=int(row.id), device_id=row.device_id, sha256=row.sha256,
+                   raw=bytes(row.raw), owner=row.owner, imported_at=row.imported_at,
+                   superseded=bool(row.superseded))
+
+
+def _credential(row: Row[Any]) -> Credential:
+    return Credential(
+        serial_number=row.serial_number, device_id=row.device_id, subject=row.subject,
+        spki_sha256=row.spki_sha256, issuer_ca_id=row.issuer_ca_id, not_before=row.not_before,
+        not_after=row.not_after, state=CredentialState(row.state),
+        certificate_pem=row.certificate_pem, created_at=row.created_at,
+        revoked_at=row.revoked_at, revocation_reason=row.revocation_reason)
+
+
+def _credential_row(c: Credential) -> dict[str, Any]:
+    return {
+        "serial_number": c.serial_number, "device_id": c.device_id, "subject": c.subject,
+        "spki_sha256": c.spki_sha256, "issuer_ca_id": c.issuer_ca_id,
+        "not_before": c.not_before, "not_after": c.not_after, "state": c.state.value,
+        "certificate_pem": c.certificate_pem, "revoked_at": c.revoked_at,
+        "revocation_reason": c.revocation_reason, "created_at": c.created_at,
+    }
+
+
+def _session(row: Row[Any]) -> OnboardingSession:
+    return OnboardingSession(
+        id=row.id, device_id=row.device_id, serial=row.serial, nonce_sha256=row.nonce_sha256,
+        device_nonce=row.device_nonce, expires_at=row.expires_at,
+        state=SessionState(row.state), source=row.source, created_at=row.created_at,
+        consumed_at=row.consumed_at, credential_serial=row.credential_serial)
+
+
+def _token(row: Row[Any]) -> ApiToken:
+    return ApiToken(id=row.id, name=row.name, role=row.role, token_sha256=row.token_sha256,
+                    created_at=row.created_at, revoked_at=row.revoked_at)
+
+
+def _event(row: Row[Any]) -> EventRow:
+    return EventRow(seq=int(row.seq), at=row.at, kind=row.kind, actor=row.actor,
+                    device_id=row.device_id, reason=row.reason, data=row.data,
+                    prev_hash=row.prev_hash, hash=row.hash)
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise InputError(f"limit must be between 1 and {MAX_PAGE}", reason="invalid_limit")
+
+
+# --------------------------------------------------------------------------------------------
+# Database
+# --------------------------------------------------------------------------------------------
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    """WAL, foreign keys, busy timeout; our own BEGIN (IMMEDIATE unless read-only)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:  # noqa: ANN401 - DBAPI object
+        dbapi_connection.isolation_level = None  # pysqlite must not emit BEGIN itself
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("iotrust_readonly"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+class Database:
+    """A registry database (SQLite file or PostgreSQL); thread-safe, one engine per process.
+
+    Use :meth:`open`, then :meth:`transaction` for every unit of work.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, create: bool = True) -> Database:
+        """Connect to ``url`` (``sqlite:///path``, ``postgresql+psycopg://...``).
+
+        With ``create`` the schema is migrated to the newest revision; without, the database must
+        already be at it (``BackendError(reason="schema_outdated")`` otherwise).
+        """
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise InputError("not a database URL", reason="invalid_database_url") from None
+        backend = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {}
+        if backend == "sqlite":
+            memory = parsed.database in (None, "", ":memory:")
+            if memory:
+                kwargs = {"poolclass": StaticPool,
+                          "connect_args": {"check_same_thread": False}}
+            else:
+                kwargs = {"pool_size": 10, "max_overflow": 30, "pool_timeout": 60,
+                          "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+                if not create and not Path(str(parsed.database)).exists():
+                    raise BackendError("no registry database at that path",
+                                       reason="database_unavailable")
+        elif backend == "postgresql":
+            kwargs = {"pool_size": 10, "max_overflow": 30, "pool_timeout": 60}
+        else:
+            raise InputError(f"unsupported database backend {backend!r}",
+                             reason="unsupported_database")
+        try:
+            engine = create_engine(parsed, **kwargs)
+        except (ArgumentError, NoSuchModuleError):
+            raise InputError("unusable database URL", reason="invalid_database_url") from None
+        if backend == "sqlite":
+            _install_sqlite_hooks(engine)
+        db = cls(engine)
+        try:
+            if create:
+                db.upgrade()
+            else:
+                db._check_schema()
+        except BaseException:
+            engine.dispose()
+            raise
+        return db
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password masked."""
+        return self._engine.url.render_as_string(hide_password=True)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._engine.dialect.name
+
+    def __repr__(self) -> str:
+        return f"Database({self.url!r})"
+
+    def upgrade(self) -> None:
+        """Run the Alembic migrations up to the newest revision (idempotent)."""
+        config = _alembic_config()
+        try:
+            with self._engine.begin() as conn:
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        except DBAPIError as exc:
+            raise _translate(exc) from None
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (``None`` if never migrated)."""
+        try:
+            with self._engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        except DBAPIError as exc:
+            raise _translate(exc) from None
+
+    @staticmethod
+    def head_revision() -> str | None:
+        """The newest revision shipped with this version of iotrust."""
+        return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+    def _check_schema(self) -> None:
+        current, head = self.schema_revision(), self.head_revision()
+        if current != head:
+            raise BackendError(
+                f"registry schema is at {current or 'nothing'}, this iotrust needs {head}; "
+                "run the migrations", reason="schema_outdated")
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    @contextmanager
+    def transaction(self, *, readonly: bool = False) -> Iterator[Tx]:
+        """One unit of work: committed when the block ends, rolled back if it raises.
+
+        ``readonly`` transactions may not write; on SQLite they do not take the write lock, so
+        readers never wait for each other.
+        """
+        try:
+            conn = self._engine.connect()
+        except DBAPIError as exc:
+            raise _translate(exc) from None
+        tx: Tx | None = None
+        try:
+            if readonly:
+                conn.execution_options(iotrust_readonly=True)
+            with conn.begin():
+                tx = Tx(conn, readonly=readonly)
+                yield tx
+        except DBAPIError as exc:
+            raise _translate(exc) from None
+        finally:
+            if tx is not None:
+                tx._closed = True  # noqa: SLF001 - the Database owns its transactions
+            conn.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Tx
+# --------------------------------------------------------------------------------------------
+
+
+class Tx:
+    """One open unit of work. Obtain it from :meth:`Database.transaction`; do not keep it."""
+
+    def __init__(self, conn: Connection, *, readonly: bool) -> None:
+        self._conn = conn
+        self._readonly = readonly
+        self._closed = False
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _exec(self, stmt: Executable, params: Any = None) -> CursorResult[Any]:  # noqa: ANN401
+        if self._closed:
+            raise RuntimeError("transaction already ended")
+        try:
+            return self._conn.execute(stmt, params)
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            raise _translate(exc) from None
+        except StatementError as exc:
+            raise _unwrap(exc) from None
+
+    def _writable(self) -> None:
+        if self._readonly:
+            raise RuntimeError("write attempted in a read-only transaction")
+
+    def _guarded(self, table: Table, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+                 write: Callable[[], _T]) -> _T:
+        """Run ``write`` in a savepoint; map an integrity violation to a precise error."""
+        self._writable()
+        if self._closed:
+            raise RuntimeError("transaction already ended")
+        try:
+            with self._conn.begin_nested():
+                return write()
+        except IntegrityError as exc:
+            raise self._integrity(exc, table, rows) from None
+        except DBAPIError as exc:
+            raise _translate(exc) from None
+        except StatementError as exc:
+            raise _unwrap(exc) from None
+
+    def _insert(self, table: Table, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+                ) -> None:
+        self._guarded(table, rows, lambda: self._conn.execute(insert(table), rows))
+
+    def _integrity(self, exc: IntegrityError, table: Table,
+                   rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> IotrustError:
+        name = _violated_constraint(exc)
+        if name is None and "FOREIGN KEY" in str(exc.orig):
+            name = self._missing_reference(table, rows)
+        if name is not None and name in _CONSTRAINT_ERRORS:
+            cls, reason = _CONSTRAINT_ERRORS[name]
+            return cls(f"{table.name}: refused by {name}", reason=reason)
+        return ConflictError(f"{table.name}: integrity violation ({_first_line(exc)})",
+                             reason="integrity_violation")
+
+    def _missing_reference(self, table: Table,
+                           rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str | None:
+        """Find which foreign key a write broke (SQLite does not say)."""
+        batch = [rows] if isinstance(rows, Mapping) else list(rows)
+        for fk in sorted(table.foreign_key_constraints, key=lambda c: str(c.name)):
+            (column,) = fk.columns
+            (element,) = fk.elements
+            values = {r.get(column.name) for r in batch} - {None}
+            for value in values:
+                found = self._exec(select(literal(1)).where(element.column == value)).first()
+                if found is None:
+                    return str(fk.name)
+        return None
+
+    # -- trust domain and CAs ----------------------------------------------------------------
+
+    def get_domain(self) -> TrustDomain | None:
+        """The trust domain, or ``None`` before ``iotrust init``."""
+        row = self._exec(select(s.trust_domain).where(s.trust_domain.c.id == 1)).first()
+        return _domain(row) if row is not None else None
+
+    def create_domain(self, domain: TrustDomain) -> None:
+        """Create the (single) trust domain; ``ConflictError(domain_exists)`` if there is one."""
+        self._insert(s.trust_domain, {
+            "id": 1, "name": domain.name, "owner": domain.owner, "created_at": domain.created_at,
+            "root_ca_id": domain.root_ca_id, "server_id": domain.server_id,
+            "settings": dict(domain.settings)})
+
+    def update_domain(self, domain: TrustDomain) -> None:
+        """Replace the trust domain's fields (``created_at`` is kept)."""
+        self._writable()
+        result = self._exec(update(s.trust_domain).where(s.trust_domain.c.id == 1).values(
+            name=domain.name, owner=domain.owner, root_ca_id=domain.root_ca_id,
+            server_id=domain.server_id, settings=dict(domain.settings)))
+        if result.rowcount != 1:
+            raise NotFoundError("no trust domain yet", reason="no_domain")
+
+    def add_ca(self, ca: CertificateAuthority) -> None:
+        """Store a CA; ``ConflictError(ca_exists)`` if the id is taken."""
+        self._insert(s.certificate_authorities, {
+            "id": ca.id, "role": str(ca.role), "name": ca.name,
+            "certificate_pem": ca.certificate_pem, "key_ref": ca.key_ref,
+            "state": str(ca.state), "not_after": ca.not_after, "crl_number": ca.crl_number,
+            "created_at": ca.created_at})
+
+    def get_ca(self, ca_id: str) -> CertificateAuthority:
+        """One CA; ``NotFoundError(unknown_ca)``."""
+        row = self._exec(select(s.certificate_authorities)
+                         .where(s.certificate_authorities.c.id == ca_id)).first()
+        if row is None:
+            raise NotFoundError(f"no CA {ca_id!r:.80}", reason="unknown_ca")
+        return _ca(row)
+
+    def list_cas(self, role: CaRole | str | None = None, state: CaState | str | None = None,
+                 ) -> list[CertificateAuthority]:
+        """CAs, oldest first, optionally filtered."""
+        t = s.certificate_authorities
+        stmt = select(t).order_by(t.c.created_at, t.c.id)
+        if role is not None:
+            stmt = stmt.where(t.c.role == as_enum(CaRole, role, "ca_role").value)
+        if state is not None:
+            stmt = stmt.where(t.c.state == as_enum(CaState, state, "ca_state").value)
+        return [_ca(r) for r in self._exec(stmt)]
+
+    def set_ca_state(self, ca_id: str, state: CaState | str) -> None:
+        """Move a CA to ``state``; ``NotFoundError(unknown_ca)``."""
+        self._writable()
+        t = s.certificate_authorities
+        value = as_enum(CaState, state, "ca_state").value
+        result = self._exec(update(t).where(t.c.id == ca_id).values(state=value))
+        if result.rowcount != 1:
+            raise NotFoundError(f"no CA {ca_id!r:.80}", reason="unknown_ca")
+
+    def next_crl_number(self, ca_id: str) -> int:
+        """Atomically increment and return the CA's CRL number (1 for the first CRL)."""
+        self._writable()
+        t = s.certificate_authorities
+        row = self._exec(update(t).where(t.c.id == ca_id)
+                         .values(crl_number=t.c.crl_number + 1)
+                         .returning(t.c.crl_number)).first()
+        if row is None:
+            raise NotFoundError(f"no CA {ca_id!r:.80}", reason="unknown_ca")
+        return int(row[0])
+
+    # -- manufacturers and models ------------------------------------------------------------
+
+    def add_manufacturer(self, m: Manufacturer) -> None:
+        """Register a manufacturer; ``ConflictError(manufacturer_exists)``."""
+        self._insert(s.manufacturers, {
+            "name": m.name, "display_name": m.display_name, "anchors_pem": m.anchors_pem,
+            "allowed": list(m.allowed), "revoked": m.revoked,
+            "unsafe_manufacturer_trust": m.unsafe_manufacturer_trust,
+            "created_at": m.created_at})
+
+    def update_manufacturer(self, m: Manufacturer) -> None:
+        """Replace a manufacturer's anchors, allowed list and flags (``created_at`` kept)."""
+        self._writable()
+        t = s.manufacturers
+        result = self._exec(update(t).where(t.c.name == m.name).values(
+            display_name=m.display_name, anchors_pem=m.anchors_pem, allowed=list(m.allowed),
+            revoked=m.revoked, unsafe_manufacturer_trust=m.unsafe_manufacturer_trust))
+        if result.rowcount != 1:
+            raise NotFoundError(f"no manufacturer {m.name!r}", reason="unknown_manufacturer")
+
+    def get_manufacturer(self, name: str) -> Manufacturer:
+        """One manufacturer; ``NotFoundError(unknown_manufacturer)``."""
+        row = self._exec(select(s.manufacturers).where(s.manufacturers.c.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"no manufacturer {name!r:.80}", reason="unknown_manufacturer")
+        return _manufacturer(row)
+
+    def list_manufacturers(self) -> list[Manufacturer]:
+        """All manufacturers by name."""
+        stmt = select(s.manufacturers).order_by(s.manufacturers.c.name)
+        return [_manufacturer(r) for r in self._exec(stmt)]
+
+    def set_manufacturer_revoked(self, name: str, revoked: bool) -> None:
+        """Revoke (or reinstate) trust in a manufacturer."""
+        self._writable()
+        t = s.manufacturers
+        result = self._exec(update(t).where(t.c.name == name).values(revoked=bool(revoked)))
+        if result.rowcount != 1:
+            raise NotFoundError(f"no manufacturer {name!r:.80}", reason="unknown_manufacturer")
+
+    def add_model(self, model: DeviceModel) -> None:
+        """Register a model: ``ConflictError(model_exists)``, ``NotFoundError``."""
+        self._insert(s.device_models, {
+            "name": model.name, "manufacturer": model.manufacturer,
+            "hardware_profile": model.hardware_profile,
+            "credential_lifetime_s": model.credential_lifetime_s,
+            "created_at": model.created_at})
+
+    def get_model(self, name: str) -> DeviceModel:
+        """One model; ``NotFoundError(unknown_model)``."""
+        row = self._exec(select(s.device_models).where(s.device_models.c.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"no device model {name!r:.80}", reason="unknown_model")
+        return _model(row)
+
+    def list_models(self, manufacturer: str | None = None) -> list[DeviceModel]:
+        """Models by name, optionally of one manufacturer."""
+        t = s.device_models
+        stmt = select(t).order_by(t.c.name)
+        if manufacturer is not None:
+            stmt = stmt.where(t.c.manufacturer == manufacturer)
+        return [_model(r) for r in self._exec(stmt)]
+
+    # -- devices -----------------------------------------------------------------------------
+
+    def add_device(self, device: Device) -> None:
+        """Register a device.
+
+        Raises ``ConflictError`` with ``duplicate_serial``, ``duplicate_factory_key`` or
+        ``duplicate_device_id``; ``NotFoundError`` with ``unknown_manufacturer``/``unknown_model``.
+        """
+        row = _device_row(device)
+        self._guarded(s.devices, row, lambda: self._conn.execute(_INSERT_DEVICE, row))
+
+    def add_devices(self, devices: Sequence[Device]) -> None:
+        """Register many devices in one executemany (bulk import); all or none."""
+        if not devices:
+            return
+        rows = [_device_row(d) for d in devices]
+        self._guarded(s.devices, rows, lambda: self._conn.execute(_INSERT_DEVICE, rows))
+
+    def get_device(self, device_id: str) -> Device:
+        """One device by id; ``NotFoundError(unknown_device)``."""
+        row = self._exec(_GET_DEVICE, {"id": device_id}).first()
+        if row is None:
+            raise NotFoundError(f"no device {device_id!r:.80}", reason="unknown_device")
+        return _device(row)
+
+    def find_device(self, manufacturer: str, serial: str) -> Device | None:
+        """The device with this manufacturer serial, if any."""
+        row = self._exec(_FIND_DEVICE, {"manufacturer": manufacturer, "serial": serial}).first()
+        return _device(row) if row is not None else None
+
+    def find_device_by_factory_key(self, spki_sha256: str) -> Device | None:
+        """The device whose factory key has this SPKI SHA-256, if any."""
+        row = self._exec(_FIND_DEVICE_BY_KEY, {"spki": spki_sha256}).first()
+        return _device(row) if row is not None else None
+
+    def update_device(self, new: Device, *, expected_state: DeviceState) -> None:
+        """Store ``new`` if the device is still in ``expected_state`` (compare-and-set).
+
+        Identity fields (manufacturer, serial, factory key, vendor/product, created_at) never
+        change. Raises ``ConflictError(concurrent_update)`` if the state moved meanwhile,
+        ``ConflictError(identity_immutable)`` if ``new`` differs in identity,
+        ``NotFoundError(unknown_device)`` if there is no such device.
+        """
+        self._writable()
+        t = s.devices
+        result = self._exec(
+            update(t)
+            .where(t.c.id == new.id, t.c.state == DeviceState(expected_state).value,
+                   t.c.manufacturer == new.manufacturer, t.c.serial == new.serial,
+                   t.c.factory_spki_sha256 == new.factory_spki_sha256,
+                   t.c.vendor_id == new.vendor_id, t.c.product_id == new.product_id)
+            .values(owner=new.owner, model=new.model, state=new.state.value,
+                    retired_reason=(new.retired_reason.value
+                                    if new.retired_reason is not None else None),
+                    key_storage=new.key_storage.value, unsafe_admission=new.unsafe_admission,
+                    updated_at=new.updated_at))
+        if result.rowcount == 1:
+            return
+        current = self.get_device(new.id)
+        if current.state is not expected_state:
+            raise ConflictError(
+                f"device {new.id} is {current.state.value}, not {expected_state.value}",
+                reason="concurrent_update")
+        raise ConflictError(f"identity of device {new.id} cannot change",
+                            reason="identity_immutable")
+
+    def list_devices(self, *, state: DeviceState | None = None, manufacturer: str | None = None,
+                     model: str | None = None, limit: int = 100, after_id: str | None = None,
+                     ) -> list[Device]:
+        """One page of devices ordered by id; pass the last id seen as ``after_id``."""
+        _check_limit(limit)
+        t = s.devices
+        stmt = select(*_DEVICE_COLUMNS).order_by(t.c.id).limit(limit)
+        if state is not None:
+            stmt = stmt.where(t.c.state == DeviceState(state).value)
+        if manufacturer is not None:
+            stmt = stmt.where(t.c.manufacturer == manufacturer)
+        if model is not None:
+            stmt = stmt.where(t.c.model == model)
+        if after_id is not None:
+            stmt = stmt.where(t.c.id > after_id)
+        return [_device(r) for r in self._exec(stmt)]
+
+    def count_devices_by_state(self) -> dict[DeviceState, int]:
+        """How many devices are in each state (every state present, zeros included)."""
+        t = s.devices
+        counts = dict.fromkeys(DeviceState, 0)
+        for state, n in self._exec(select(t.c.state, func.count()).group_by(t.c.state)):
+            counts[DeviceState(state)] = int(n)
+        return counts
+
+    def touch_last_seen(self, device_id: str, at: datetime) -> None:
+        """Record a contact by the device (only moves forward; unknown ids are ignored)."""
+        self._writable()
+        t = s.devices
+        self._exec(update(t).where(t.c.id == device_id,
+                                   (t.c.last_seen_at.is_(None)) | (t.c.last_seen_at < at))
+                   .values(last_seen_at=at))
+
+    def get_last_seen(self, device_id: str) -> datetime | None:
+        """When the device was last seen; ``NotFoundError(unknown_device)``."""
+        row = self._exec(select(s.devices.c.last_seen_at)
+                         .where(s.devices.c.id == device_id)).first()
+        if row is None:
+            raise NotFoundError(f"no device {device_id!r:.80}", reason="unknown_device")
+        return row[0]  # type: ignore[no-any-return]
+
+    # -- vouchers ----------------------------------------------------------------------------
+
+    def add_voucher(self, device_id: str, sha256: str, raw: bytes, owner: str,
+                    at: datetime) -> Voucher:
+        """Store a voucher for the device; it supersedes the device's earlier vouchers.
+
+        ``ConflictError(duplicate_voucher)`` if this exact voucher was imported before.
+        """
+        Voucher(0, device_id, sha256, raw, owner, at)  # validate before touching the database
+        t = s.vouchers
+
+        def write() -> int:
+            self._conn.execute(update(t).where(t.c.device_id == device_id,
+                                               t.c.superseded.is_(False))
+                               .values(superseded=True))
+            new_id = self._conn.execute(insert(t).returning(t.c.id), {
+                "device_id": device_id, "sha256": sha256, "raw": raw, "owner": owner,
+                "imported_at": at, "superseded": False}).scalar_one()
+            return int(new_id)
+
+        voucher_id = self._guarded(t, {"device_id": device_id}, write)
+        return Voucher(voucher_id, device_id, sha256, raw, owner, at)
+
+    def get_active_voucher(self, device_id: str) -> Voucher | None:
+        """The device's current (not superseded) voucher, if any."""
+        t = s.vouchers
+        row = self._exec(select(t).where(t.c.device_id == device_id, t.c.superseded.is_(False))
+                         .order_by(t.c.id.desc()).limit(1)).first()
+        return _voucher(row) if row is not None else None
+
+    # -- credentials -------------------------------------------------------------------------
+
+    def add_credential(self, c: Credential) -> None:
+        """Store an issued certificate.
+
+        ``ConflictError`` with ``duplicate_credential_serial`` or ``duplicate_credential_key``;
+        ``NotFoundError`` with ``unknown_device`` or ``unknown_ca``.
+        """
+        self._insert(s.credentials, _credential_row(c))
+
+    def get_credential(self, serial_hex: str) -> Credential:
+        """One credential by certificate serial (lowercase hex); ``NotFoundError``."""
+        row = self._exec(select(s.credentials)
+                         .where(s.credentials.c.serial_number == serial_hex)).first()
+        if row is None:
+            raise NotFoundError(f"no credential {serial_hex!r:.80}", reason="unknown_credential")
+        return _credential(row)
+
+    def list_credentials(self, device_id: str | None = None,
+                         state: CredentialState | None = None) -> list[Credential]:
+        """Credentials, oldest first, optionally of one device and/or in one state."""
+        t = s.credentials
+        stmt = select(t).order_by(t.c.created_at, t.c.serial_number)
+        if device_id is not None:
+            stmt = stmt.where(t.c.device_id == device_id)
+        if state is not None:
+            stmt = stmt.where(t.c.state == CredentialState(state).value)
+        return [_credential(r) for r in self._exec(stmt)]
+
+    def update_credential_state(self, serial_hex: str, new_state: CredentialState, *,
+                                expected: CredentialState | None = None,
+                                revoked_at: datetime | None = None,
+                                reason: str | None = None) -> None:
+        """Move a credential to ``new_state`` (compare-and-set when ``expected`` is given).
+
+        ``revoked_at`` is required exactly when revoking. Raises
+        ``ConflictError(concurrent_update)`` if the state is not ``expected``.
+        """
+        self._writable()
+        new_state = CredentialState(new_state)
+        revoking = new_state is CredentialState.REVOKED
+        if revoking != (revoked_at is not None):
+            raise TypeError("revoked_at is required exactly when revoking")
+        t = s.credentials
+        stmt = update(t).where(t.c.serial_number == serial_hex)
+        if expected is not None:
+            stmt = stmt.where(t.c.state == CredentialState(expected).value)
+        values: dict[str, Any] = {"state": new_state.value}
+        if revoking:
+            values |= {"revoked_at": revoked_at, "revocation_reason": reason}
+        if self._exec(stmt.values(**values)).rowcount == 1:
+            return
+        current = self.get_credential(serial_hex)
+        raise ConflictError(f"credential {serial_hex} is {current.state.value}",
+                            reason="concurrent_update")
+
+    def revoked_serials(self, issuer_ca_id: str) -> list[tuple[str, datetime, str | None]]:
+        """``(serial_hex, revoked_at, reason)`` of every revoked credential of a CA (for CRLs)."""
+        t = s.credentials
+        stmt = (select(t.c.serial_number, t.c.revoked_at, t.c.revocation_reason)
+                .where(t.c.issuer_ca_id == issuer_ca_id,
+                       t.c.state == CredentialState.REVOKED.value)
+                .order_by(t.c.revoked_at, t.c.serial_number))
+        return [(r[0], r[1], r[2]) for r in self._exec(stmt)]
+
+    # -- keys seen ---------------------------------------------------------------------------
+
+    def record_key(self, spki_sha256: str, kind: KeyKind | str, device_id: str | None,
+                   at: datetime) -> None:
+        """Remember a public key; ``ConflictError(key_reused)`` if it was ever seen before."""
+        check_sha256_hex(spki_sha256, "key hash")
+        self._insert(s.seen_keys, {"spki_sha256": spki_sha256,
+                                   "kind": as_enum(KeyKind, kind, "key_kind").value,
+                                   "device_id": device_id, "first_seen_at": at})
+
+    def record_keys(self, keys: Sequence[tuple[str, KeyKind | str, str | None, datetime]],
+                    ) -> None:
+        """Bulk :meth:`record_key` (all or none)."""
+        if not keys:
+            return
+        rows = [{"spki_sha256": check_sha256_hex(k, "key hash"),
+                 "kind": as_enum(KeyKind, kind, "key_kind").value,
+                 "device_id": d, "first_seen_at": at} for k, kind, d, at in keys]
+        self._insert(s.seen_keys, rows)
+
+    def key_seen(self, spki_sha256: str) -> bool:
+        """Whether this public key was ever recorded."""
+        t = s.seen_keys
+        return bool(self._exec(select(exists().where(t.c.spki_sha256 == spki_sha256)))
+                    .scalar())
+
+    # -- onboarding sessions -----------------------------------------------------------------
+
+    def add_session(self, session: OnboardingSession) -> None:
+        """Open an onboarding session; ``ConflictError(nonce_reused)`` for a repeated nonce."""
+        self._insert(s.onboarding_sessions, {
+            "id": session.id, "device_id": session.device_id, "serial": session.serial,
+            "nonce_sha256": session.nonce_sha256, "device_nonce": session.device_nonce,
+            "expires_at": session.expires_at, "consumed_at": session.consumed_at,
+            "state": str(session.state), "source": session.source,
+            "credential_serial": session.credential_serial, "created_at": session.created_at})
+
+    def get_session(self, session_id: str) -> OnboardingSession:
+        """One session; ``NotFoundError(unknown_session)``."""
+        t = s.onboarding_sessions
+        row = self._exec(select(t).where(t.c.id == session_id)).first()
+        if row is None:
+            raise NotFoundError("no such onboarding session", reason="unknown_session")
+        return _session(row)
+
+    def consume_nonce(self, session_id: str, nonce_sha256: str, at: datetime) -> bool:
+        """Spend a session's nonce: ``True`` for exactly one caller, ever.
+
+        One conditional ``UPDATE``: the session must be open, the nonce hash must match, unspent
+        and unexpired at ``at``. ``False`` means unknown, replayed or expired: the caller tells
+        them apart with :meth:`get_session` if it needs the reason.
+        """
+        self._writable()
+        t = s.onboarding_sessions
+        result = self._exec(
+            update(t).where(t.c.id == session_id, t.c.nonce_sha256 == nonce_sha256,
+                            t.c.consumed_at.is_(None), t.c.expires_at > at,
+                            t.c.state == SessionState.OPEN.value)
+            .values(consumed_at=at))
+        return result.rowcount == 1
+
+    def set_session_state(self, session_id: str, state: SessionState | str, *,
+                          expected: SessionState | str | None = None,
+                          credential_serial: str | None = None) -> None:
+        """Move a session to ``state`` (compare-and-set with ``expected``)."""
+        self._writable()
+        t = s.onboarding_sessions
+        stmt = update(t).where(t.c.id == session_id)
+        if expected is not None:
+            stmt = stmt.where(t.c.state == as_enum(SessionState, expected, "session_state").value)
+        values: dict[str, Any] = {"state": as_enum(SessionState, state, "session_state").value}
+        if credential_serial is not None:
+            values["credential_serial"] = credential_serial
+        if self._exec(stmt.values(**values)).rowcount == 1:
+            return
+        current = self.get_session(session_id)
+        raise ConflictError(f"onboarding session is {current.state}",
+                            reason="concurrent_update")
+
+    # -- operator tokens ---------------------------------------------------------------------
+
+    def add_token(self, token: ApiToken) -> None:
+        """Store a token (hash only); ``ConflictError(token_exists)`` for a taken name."""
+        self._insert(s.api_tokens, {
+            "id": token.id, "name": token.name, "role": str(token.role),
+            "token_sha256": token.token_sha256, "created_at": token.created_at,
+            "revoked_at": token.revoked_at})
+
+    def find_token_by_hash(self, token_sha256: str) -> ApiToken | None:
+        """The token with this hash, revoked or not (check :attr:`ApiToken.active`)."""
+        t = s.api_tokens
+        row = self._exec(select(t).where(t.c.token_sha256 == token_sha256)).first()
+        return _token(row) if row is not None else None
+
+    def list_tokens(self) -> list[ApiToken]:
+        """All tokens by name."""
+        return [_token(r) for r in self._exec(select(s.api_tokens)
+                                              .order_by(s.api_tokens.c.name))]
+
+    def revoke_token(self, name: str, *, at: datetime | None = None) -> None:
+        """Revoke a token by name (idempotent); ``NotFoundError(unknown_token)``.
+
+        ``at`` should come from the service's clock; without it the system clock is used.
+        """
+        self._writable()
+        at = at if at is not None else datetime.now(UTC)
+        t = s.api_tokens
+        self._exec(update(t).where(t.c.name == name, t.c.revoked_at.is_(None))
+                   .values(revoked_at=at))
+        if self._exec(select(t.c.id).where(t.c.name == name)).first() is None:
+            raise NotFoundError(f"no token {name!r:.80}", reason="unknown_token")
+
+    # -- event log ---------------------------------------------------------------------------
+
+    def append_event(self, make: Callable[[EventHead | None], EventRow]) -> EventRow:
+        """Append the record ``make(current_head)`` returns, serialised with other appenders.
+
+        The head row is locked (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE``
+        already holds the write lock) until the transaction ends, so ``make`` sees the true
+        head. ``make`` must return ``seq = head.seq + 1`` (1 for the first) and link
+        ``prev_hash`` to ``head.hash``; anything else is a ``RuntimeError``.
+        """
+        self._writable()
+        h = s.event_head
+        locked = self._exec(select(h.c.seq, h.c.hash).where(h.c.id == 1).with_for_update()).one()
+        head = EventHead(int(locked.seq), locked.hash) if locked.seq else None
+        row = make(head)
+        expected_seq = head.seq + 1 if head is not None else 1
+        if row.seq != expected_seq or (head is not None and row.prev_hash != head.hash):
+            raise RuntimeError("event record does not extend the current head")
+        self._insert(s.events, {
+            "seq": row.seq, "at": row.at, "kind": row.kind, "actor": row.actor,
+            "device_id": row.device_id, "reason": row.reason, "data": row.data,
+            "prev_hash": row.prev_hash, "hash": row.hash})
+        self._exec(update(h).where(h.c.id == 1).values(seq=row.seq, hash=row.hash))
+        return row
+
+    def event_head(self) -> EventHead | None:
+        """The last record's sequence number and hash (``None`` for an empty log)."""
+        h = s.event_head
+        row = self._exec(select(h.c.seq, h.c.hash).where(h.c.id == 1)).first()
+        if row is None or not row.seq:
+            return None
+        return EventHead(int(row.seq), row.hash)
+
+    def iter_events(self, *, after_seq: int = 0, device_id: str | None = None,
+                    kind: str | None = None, batch: int = 1000) -> Iterator[EventRow]:
+        """Events in sequence order, fetched ``batch`` at a time (consume inside the Tx)."""
+        _check_limit(batch)
+        t = s.events
+        last = after_seq
+        while True:
+            stmt = select(t).where(t.c.seq > last).order_by(t.c.seq).limit(batch)
+            if device_id is not None:
+                stmt = stmt.where(t.c.device_id == device_id)
+            if kind is not None:
+                stmt = stmt.where(t.c.kind == kind)
+            rows = [_event(r) for r in self._exec(stmt)]
+            yield from rows
+            if len(rows) < batch:
+                return
+            last = rows[-1].seq
+
+    def count_events(self) -> int:
+        """How many records the log holds."""
+        return int(self._exec(select(func.count()).select_from(s.events)).scalar_one())

@@ -6,7 +6,9 @@ import base64
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -186,3 +188,36 @@ def test_canonical_is_independent_of_key_order(obj: dict[str, object]) -> None:
 def test_reformatted_json_parses_to_the_same_value(obj: dict[str, object]) -> None:
     pretty = json.dumps(obj, indent=2, ensure_ascii=True).encode()
     assert parse_json_object(pretty, max_bytes=1 << 20, max_depth=64) == obj
+
+
+def test_canonical_examples() -> None:
+    assert (
+        canonical_json({"b": 1, "a": [True, None, "é"]}) == '{"a":[true,null,"é"],"b":1}'.encode()
+    )
+    assert canonical_json(MappingProxyType({"t": (1, 2)})) == b'{"t":[1,2]}'
+    for bad in (1.0, {"x": float("inf")}, {1: 2}, {"x": {1, 2}}, b"x", {"x": object()}):
+        with pytest.raises(TypeError):
+            canonical_json(bad)
+    with pytest.raises(ValueError, match="surrogate"):
+        canonical_json({"x": "\ud800"})
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b'{"a":1}', None),
+        (b" " * 101, "too_large"),
+        (b'{"a":' * 9 + b"1" + b"}" * 9, "too_deep"),
+        (b'{"a":"[[[[[[[[[[[["}', None),
+        (b'{"a":1,"a":1}', "malformed_json"),
+        (b'{"a":1e3}', "malformed_json"),
+        (b'{"a":Infinity}', "malformed_json"),
+        (rb'{"a":"\\ud800"}', None),  # an escaped backslash, then text
+        (rb'{"a":"\ud800"}', "malformed_json"),  # a lone surrogate escape
+        (b"\xef\xbb\xbf{}", "malformed_json"),
+        (b"[1]", "malformed_json"),
+        (b"", "malformed_json"),
+    ],
+)
+def test_parse_json_object_examples(data: bytes, reason: str | None) -> None:
+    assert _refusal(lambda: parse_json_object(data, max_bytes=100)) == reason

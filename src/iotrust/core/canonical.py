@@ -1,10 +1,10 @@
 """Canonical JSON: one byte-exact encoding for hashing and signing, and the one JSON parse boundary.
 
 :func:`canonical_json` turns a value made only of ``str``, ``int``, ``bool``, ``None``, ``list``
-and ``dict`` (string keys) into UTF-8 bytes with sorted keys, no whitespace and no ASCII escaping
-of non-ASCII characters. Equal values always give equal bytes, so the bytes can be hashed (the
-event chain) and signed (vouchers). Floats are refused: their text form is not portable across
-implementations (firmware clients included).
+(or ``tuple``) and ``dict`` (or any ``Mapping``; string keys) into UTF-8 bytes with sorted keys,
+no whitespace and no ASCII escaping of non-ASCII characters. Equal values always give equal
+bytes, so the bytes can be hashed (the event chain) and signed (vouchers). Floats are refused:
+their text form is not portable across implementations (firmware clients included).
 
 :func:`parse_json_object` is the one place where untrusted JSON bytes are parsed: it bounds size
 and nesting depth, insists on strict UTF-8, a top-level object, integer numbers, no duplicate
@@ -17,12 +17,13 @@ This module does no I/O and knows nothing about what the JSON means.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Final, NoReturn, TypeAlias
 
 from iotrust.errors import InputError
 
 #: A value canonical JSON can carry.
-JSON: TypeAlias = "bool | int | str | list[JSON] | dict[str, JSON] | None"
+JSON: TypeAlias = "bool | int | str | Sequence[JSON] | Mapping[str, JSON] | None"
 
 #: Nesting bound for values encoded by :func:`canonical_json` (a guard against runaway recursion;
 #: untrusted input is bounded much tighter by :func:`parse_json_object`).
@@ -34,26 +35,25 @@ _QUOTE: Final = ord('"')
 _BACKSLASH: Final = ord("\\")
 
 
-def _check_value(value: object, depth: int) -> None:
-    """Refuse anything canonical JSON cannot carry (``TypeError``) or nests too deep."""
+def _plain(value: object, depth: int) -> object:
+    """``value`` as plain ``dict``/``list`` JSON, refusing what canonical JSON cannot carry."""
     if depth > MAX_ENCODE_DEPTH:
         raise ValueError(f"value nests deeper than {MAX_ENCODE_DEPTH} levels")
     if value is None or isinstance(value, bool | int):
-        return
+        return value
     if isinstance(value, str):
         _check_text(value)
-        return
-    if isinstance(value, list):
-        for item in value:
-            _check_value(item, depth + 1)
-        return
-    if isinstance(value, dict):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(item, depth + 1) for item in value]
+    if isinstance(value, Mapping):
+        result: dict[str, object] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"canonical JSON object keys must be str, not {type(key).__name__}")
             _check_text(key)
-            _check_value(item, depth + 1)
-        return
+            result[key] = _plain(item, depth + 1)
+        return result
     raise TypeError(f"canonical JSON cannot carry a {type(value).__name__}")
 
 
@@ -69,12 +69,11 @@ def canonical_json(value: object) -> bytes:
     """Encode ``value`` as canonical JSON bytes (UTF-8, sorted keys, no whitespace).
 
     Raises:
-        TypeError: ``value`` contains a float, tuple, set, non-``str`` key or any other type.
+        TypeError: ``value`` contains a float, set, bytes, non-``str`` key or any other type.
         ValueError: a string is not valid Unicode, or the value nests too deeply.
     """
-    _check_value(value, 1)
     return json.dumps(
-        value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+        _plain(value, 1), ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
     ).encode("utf-8")
 
 
@@ -151,7 +150,7 @@ def parse_json_object(data: bytes, *, max_bytes: int, max_depth: int = 8) -> dic
             raise _RejectedError("the top level must be a JSON object")
         # Lone surrogates (``"\ud800"``) decode but have no UTF-8 form: refuse them here so that
         # everything this returns can be re-encoded canonically.
-        _check_value(value, 1)
+        _plain(value, 1)
     except (ValueError, RecursionError) as exc:
         raise InputError(f"malformed JSON: {_describe(exc)}", reason="malformed_json") from None
     return value

@@ -52,6 +52,7 @@ __all__ = [
     "MANUFACTURER_REVOKED",
     "ONBOARDING_REFUSED",
     "TOKEN_CREATED",
+    "TOKEN_REVOKED",
     "VOUCHER_IMPORTED",
     "VOUCHER_REFUSED",
     "ZOMBIE_CONTACT",
@@ -104,6 +105,8 @@ CA_CREATED: Final = "ca.created"
 CRL_PUBLISHED: Final = "crl.published"
 #: An operator token was created (never its secret).
 TOKEN_CREATED: Final = "token.created"  # noqa: S105 - an event kind, not a credential
+#: An operator token was revoked.
+TOKEN_REVOKED: Final = "token.revoked"  # noqa: S105 - an event kind, not a credential
 #: A retired, revoked or expired identity tried to connect (DESIGN.md §9).
 ZOMBIE_CONTACT: Final = "zombie.contact"
 

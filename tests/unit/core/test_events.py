@@ -106,7 +106,7 @@ def test_oversized_data_is_refused() -> None:
     assert info.value.reason == "too_large"
 
 
-@pytest.mark.parametrize("value", [1.5, (1, 2), {1, 2}, b"bytes", T0])
+@pytest.mark.parametrize("value", [1.5, float("nan"), {1, 2}, b"bytes", T0, {1: "int key"}])
 def test_non_json_data_is_a_programming_error(value: object) -> None:
     with pytest.raises(TypeError):
         EventDraft(kind="device.expected", actor="a@b", data={"x": value})  # type: ignore[dict-item]

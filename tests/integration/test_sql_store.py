@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
-from tests.integration.pg import fresh_postgres_database
+from tests.integration.pg import _libpq, fresh_postgres_database
 
 from iotrust.adapters.sql import Database, Tx
 from iotrust.adapters.sql import schema as s
@@ -183,6 +186,31 @@ def test_unreachable_database_is_a_backend_error(backend: str, tmp_path) -> None
         Database.open(url)
     assert info.value.reason == "database_unavailable"
     assert "secret" not in info.value.diagnostics()
+
+
+def test_lock_waits_are_bounded_and_reported_busy(db: Database, db_url: str,
+                                                  backend: str) -> None:
+    """Another session holds the event-log head: our append gives up as ``database_busy``."""
+    if backend == "sqlite":
+        holder: Any = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        holder = psycopg.connect(_libpq(db_url))
+        holder.execute("SELECT seq FROM event_head WHERE id = 1 FOR UPDATE")
+    impatient = Database.open(db_url, create=False, lock_timeout_s=0.2)
+    try:
+        def append() -> None:
+            with impatient.transaction() as tx:
+                tx.append_event(_chained("blocked"))
+
+        expect(BackendError, "database_busy", append)
+        holder.rollback() if backend == "postgres" else holder.execute("ROLLBACK")
+        append()  # the lock is gone: works again
+        with impatient.transaction(readonly=True) as tx:
+            assert tx.count_events() == 1
+    finally:
+        holder.close()
+        impatient.close()
 
 
 def test_url_masks_password(backend: str) -> None:

@@ -46,7 +46,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -93,7 +93,7 @@ from iotrust.errors import (
 __all__ = ["MIGRATIONS_DIR", "Database", "Tx"]
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
-SQLITE_BUSY_TIMEOUT_S: Final = 30
+LOCK_TIMEOUT_S: Final = 30.0
 MAX_PAGE: Final = 10_000
 
 _T = TypeVar("_T")
@@ -314,7 +314,7 @@ def _check_limit(limit: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _install_sqlite_hooks(engine: Engine) -> None:
+def _install_sqlite_hooks(engine: Engine, lock_timeout_s: float) -> None:
     """WAL, foreign keys, busy timeout; our own BEGIN (IMMEDIATE unless read-only)."""
 
     @event.listens_for(engine, "connect")
@@ -322,7 +322,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         dbapi_connection.isolation_level = None  # pysqlite must not emit BEGIN itself
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+            cursor.execute(f"PRAGMA busy_timeout = {int(lock_timeout_s * 1000)}")
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
@@ -335,6 +335,22 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _engine_options(url: URL, *, create: bool, lock_timeout_s: float) -> dict[str, Any]:
+    """Pool and driver settings per backend (and the checks that need no connection)."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if url.database in (None, "", ":memory:"):  # one shared connection: tests only
+            return {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        if not create and not Path(str(url.database)).exists():
+            raise BackendError("no registry database at that path", reason="database_unavailable")
+        return {"pool_size": 10, "max_overflow": 30, "pool_timeout": 60,
+                "connect_args": {"timeout": lock_timeout_s}}
+    if backend == "postgresql":
+        return {"pool_size": 10, "max_overflow": 30, "pool_timeout": 60,
+                "connect_args": {"options": f"-c lock_timeout={int(lock_timeout_s * 1000)}"}}
+    raise InputError(f"unsupported database backend {backend!r}", reason="unsupported_database")
 
 
 def _alembic_config() -> Config:
@@ -353,40 +369,31 @@ class Database:
         self._engine = engine
 
     @classmethod
-    def open(cls, url: str, *, create: bool = True) -> Database:
+    def open(cls, url: str, *, create: bool = True,
+             lock_timeout_s: float = LOCK_TIMEOUT_S) -> Database:
         """Connect to ``url`` (``sqlite:///path``, ``postgresql+psycopg://...``).
 
         With ``create`` the schema is migrated to the newest revision; without, the database must
-        already be at it (``BackendError(reason="schema_outdated")`` otherwise).
+        already be at it (``BackendError(reason="schema_outdated")`` otherwise). A statement that
+        waits longer than ``lock_timeout_s`` for a lock fails with
+        ``BackendError(reason="database_busy")`` (SQLite ``busy_timeout``, PostgreSQL
+        ``lock_timeout``).
         """
+        if not 0 < lock_timeout_s <= 3600:  # noqa: PLR2004 - an hour is already absurd
+            raise InputError("lock timeout must be in (0, 3600] seconds",
+                             reason="invalid_lock_timeout")
         try:
             parsed = make_url(url)
         except ArgumentError:
             raise InputError("not a database URL", reason="invalid_database_url") from None
         backend = parsed.get_backend_name()
-        kwargs: dict[str, Any] = {}
-        if backend == "sqlite":
-            memory = parsed.database in (None, "", ":memory:")
-            if memory:
-                kwargs = {"poolclass": StaticPool,
-                          "connect_args": {"check_same_thread": False}}
-            else:
-                kwargs = {"pool_size": 10, "max_overflow": 30, "pool_timeout": 60,
-                          "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-                if not create and not Path(str(parsed.database)).exists():
-                    raise BackendError("no registry database at that path",
-                                       reason="database_unavailable")
-        elif backend == "postgresql":
-            kwargs = {"pool_size": 10, "max_overflow": 30, "pool_timeout": 60}
-        else:
-            raise InputError(f"unsupported database backend {backend!r}",
-                             reason="unsupported_database")
+        kwargs = _engine_options(parsed, create=create, lock_timeout_s=lock_timeout_s)
         try:
             engine = create_engine(parsed, **kwargs)
         except (ArgumentError, NoSuchModuleError):
             raise InputError("unusable database URL", reason="invalid_database_url") from None
         if backend == "sqlite":
-            _install_sqlite_hooks(engine)
+            _install_sqlite_hooks(engine, lock_timeout_s)
         db = cls(engine)
         try:
             if create:
@@ -425,6 +432,7 @@ class Database:
         """The Alembic revision the database is at (``None`` if never migrated)."""
         try:
             with self._engine.connect() as conn:
+                conn.execution_options(iotrust_readonly=True)
                 return MigrationContext.configure(conn).get_current_revision()
         except DBAPIError as exc:
             raise _translate(exc) from None

@@ -21,8 +21,9 @@ This module:
   :class:`~iotrust.errors.InputError` ``voucher_malformed``;
 * verifies (:func:`verify_voucher`): the signer certificate is issued directly by one of the
   given manufacturer roots, is valid at the given time, is an end-entity certificate allowed to
-  sign (``digitalSignature``) with a P-256 key, the signature verifies, the voucher is not
-  expired and names the expected owner. Verification returns the claims or raises
+  sign (``digitalSignature``) *vouchers* (extended key usage :data:`OID_VOUCHER_SIGNING`, so a
+  device's factory certificate cannot vouch) with a P-256 key, the signature verifies, the
+  voucher is not expired and names the expected owner. Verification returns the claims or raises
   :class:`~iotrust.errors.TrustError` (``voucher_invalid`` / ``voucher_wrong_owner``);
 * compares a voucher with a device (:func:`check_voucher_matches`, ``voucher_mismatch``) and with
   another voucher for the same device (:func:`vouchers_diverge`).
@@ -58,6 +59,10 @@ from iotrust.ports import Signer
 VOUCHER_VERSION: Final = 1
 #: Upper bound on voucher wire bytes.
 MAX_VOUCHER_BYTES: Final = 16 * 1024
+#: Extended key usage a voucher-signing certificate must carry (the same OID as
+#: ``iotrust.core.pki.OID_VOUCHER_SIGNING``). Without it, any end-entity certificate of the
+#: manufacturer — a device's factory certificate included — could vouch for devices.
+OID_VOUCHER_SIGNING: Final = x509.ObjectIdentifier("2.25.16456982409768010059852343152476099021.2")
 #: How far in the future a voucher's ``created_at`` may be (manufacturer clock skew).
 MAX_CLOCK_SKEW: Final = timedelta(minutes=5)
 
@@ -360,6 +365,14 @@ def _check_signer_extensions(signer: x509.Certificate) -> None:
     if not key_usage.digital_signature:
         raise _invalid("the voucher signer certificate may not make digital signatures")
     try:
+        purposes = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        purposes = x509.ExtendedKeyUsage([])
+    if OID_VOUCHER_SIGNING not in purposes:
+        raise _invalid(
+            "the voucher signer certificate is not for voucher signing (extended key usage)"
+        )
+    try:
         basic = extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         return
@@ -400,7 +413,8 @@ def verify_voucher(
 
     Checks, in order: the signer certificate is issued directly by one of ``anchors`` (an empty
     list fails closed), the signer and that root are valid at ``at``, the signer is an
-    end-entity certificate with ``digitalSignature`` and a P-256 key, the signature over the
+    end-entity certificate with ``digitalSignature``, the voucher-signing extended key usage and
+    a P-256 key, the signature over the
     payload verifies, the voucher was not created in the future (beyond
     :data:`MAX_CLOCK_SKEW`) and has not expired, then the owner (slug and root SPKI hash) when
     expected values are given. Whether ``anchors`` are the roots of ``claims.manufacturer`` is

@@ -12,11 +12,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from iotrust.core.canonical import canonical_json
 from iotrust.core.vouchers import (
     MAX_VOUCHER_BYTES,
+    OID_VOUCHER_SIGNING,
     SignedVoucher,
     VoucherClaims,
     check_voucher_matches,
@@ -95,6 +96,7 @@ def make_signer_cert(
     digital_signature: bool = True,
     key_usage: bool = True,
     ca: bool = False,
+    eku: tuple[x509.ObjectIdentifier, ...] | None = (OID_VOUCHER_SIGNING,),
     not_before: datetime = T0 - timedelta(days=1),
     not_after: datetime = T0 + timedelta(days=365),
 ) -> x509.Certificate:
@@ -123,6 +125,8 @@ def make_signer_cert(
             ),
             critical=True,
         )
+    if eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     return builder.sign(root_key, hashes.SHA256())
 
 
@@ -413,6 +417,8 @@ def test_self_issued_signer_is_refused(supply: Supply) -> None:
         ({"digital_signature": False}, "digital signatures"),
         ({"key_usage": False}, "no key usage"),
         ({"ca": True}, "is a CA"),
+        ({"eku": None}, "voucher signing"),
+        ({"eku": (ExtendedKeyUsageOID.CLIENT_AUTH,)}, "voucher signing"),
     ],
 )
 def test_bad_signer_certificate_is_refused(supply: Supply, changes: dict, fragment: str) -> None:
@@ -420,6 +426,20 @@ def test_bad_signer_certificate_is_refused(supply: Supply, changes: dict, fragme
     cert = make_signer_cert(supply.root_key, supply.root, signer.public_key, **changes)
     v = decode_voucher(sign_voucher(make_claims(), signer, der(cert)))
     assert fragment in _refused(v, supply, "voucher_invalid")
+
+
+def test_factory_certificate_cannot_vouch(supply: Supply) -> None:
+    """A device's factory identity (digitalSignature, same root, no voucher EKU) cannot vouch."""
+    device_key = KeySigner()
+    factory_cert = make_signer_cert(supply.root_key, supply.root, device_key.public_key, eku=None)
+    v = decode_voucher(sign_voucher(make_claims(), device_key, der(factory_cert)))
+    _refused(v, supply, "voucher_invalid")
+
+
+def test_voucher_signing_oid_is_the_pki_profiles_oid() -> None:
+    from iotrust.core import pki  # noqa: PLC0415 - only this consistency check needs pki
+
+    assert pki.OID_VOUCHER_SIGNING == OID_VOUCHER_SIGNING
 
 
 def test_expired_root_is_refused(supply: Supply) -> None:
@@ -524,3 +544,39 @@ def test_spki_hash_of_signer(supply: Supply) -> None:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     assert spki_sha256_of(supply.signer.public_key) == hashlib.sha256(der_spki).hexdigest()
+
+
+def test_certificates_from_the_pki_profiles() -> None:
+    """The manufacturer certificates iotrust's own factory tool issues work as documented here."""
+    from iotrust.core import pki  # noqa: PLC0415 - only this compatibility check needs pki
+
+    root_signer = KeySigner()
+    root = pki.build_root_ca(root_signer, "Acme Root", "Acme", T0, timedelta(days=3650))
+    voucher_signer = KeySigner()
+    signer_cert = pki.issue_voucher_signer_certificate(
+        root_signer,
+        root,
+        voucher_signer.public_key,
+        "Acme Vouchers",
+        "Acme",
+        T0,
+        timedelta(days=365),
+    )
+    supply = Supply(root_signer.private_key, root, voucher_signer, signer_cert)
+    assert verify(decode_voucher(supply.voucher()), supply).serial == "SN-0001"
+
+    device_key = KeySigner()
+    factory_cert = pki.issue_factory_certificate(
+        root_signer,
+        root,
+        serial="SN-0001",
+        manufacturer="acme",
+        vendor_id="acme",
+        product_id="sensor-1",
+        public_key=device_key.public_key,
+        serial_number=7,
+        not_before=T0,
+        lifetime=timedelta(days=3650),
+    )
+    forged = sign_voucher(make_claims(owner="mallory"), device_key, der(factory_cert))
+    _refused(decode_voucher(forged), supply, "voucher_invalid", expected_owner="mallory")

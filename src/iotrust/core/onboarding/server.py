@@ -181,7 +181,8 @@ def check_hello(
     2. ``retired`` — the device is retired (a zombie).
     3. ``voucher_invalid`` — no voucher, no manufacturer to verify it, bad signature, expired,
        another owner (slug or root key), or issued for another manufacturer.
-    4. ``voucher_mismatch`` — voucher, device record, hello serial and factory certificate do not
+    4. ``chain_invalid`` if the leaf is not a factory certificate at all; then
+       ``voucher_mismatch`` — voucher, device record, hello serial and factory certificate do not
        name the same serial, factory key, vendor and product.
     5. ``chain_invalid`` — the factory chain does not verify to the manufacturer's anchors at
        ``now`` (including revocation and required CRLs), names another manufacturer, or its key

@@ -25,6 +25,7 @@ from iotrust.core.pki._crl import MAX_CRL_ENTRIES, RevokedEntry, build_crl, chec
 from iotrust.core.pki._csr import check_csr
 from iotrust.core.pki._encoding import (
     MAX_BUNDLE_CERTIFICATES,
+    MAX_CRL_BYTES,
     MAX_ENCODED_BYTES,
     load_certificate,
     load_certificates,
@@ -70,6 +71,7 @@ __all__ = [
     "IOTRUST_OID_ARC",
     "ISSUING_CA",
     "MAX_BUNDLE_CERTIFICATES",
+    "MAX_CRL_BYTES",
     "MAX_CRL_ENTRIES",
     "MAX_ENCODED_BYTES",
     "MAX_INTERMEDIATES",

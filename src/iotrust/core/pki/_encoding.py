@@ -28,6 +28,9 @@ from iotrust.errors import InputError
 
 #: Upper bound on any encoded certificate, CSR, CRL, key or bundle we accept.
 MAX_ENCODED_BYTES = 64 * 1024
+#: Upper bound on an encoded CRL: a fleet's CRL outgrows 64 KiB after a few thousand
+#: revocations (about 20 bytes each), so CRLs get their own, larger bound.
+MAX_CRL_BYTES = 32 * 1024 * 1024
 #: Upper bound on the number of certificates in one PEM bundle.
 MAX_BUNDLE_CERTIFICATES = 16
 
@@ -47,10 +50,10 @@ def _as_bytes(data: bytes) -> bytes:
     return bytes(data)
 
 
-def _bounded(data: bytes, what: str) -> bytes:
+def _bounded(data: bytes, what: str, limit: int = MAX_ENCODED_BYTES) -> bytes:
     raw = _as_bytes(data)
-    if len(raw) > MAX_ENCODED_BYTES:
-        raise InputError(f"{what} larger than {MAX_ENCODED_BYTES} bytes", reason="too_large")
+    if len(raw) > limit:
+        raise InputError(f"{what} larger than {limit} bytes", reason="too_large")
     if not raw:
         raise InputError(f"empty {what}", reason=f"malformed_{what}")
     return raw
@@ -124,9 +127,13 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
     return load_csr_and_key(data)[0]
 
 
-def load_crl(data: bytes) -> x509.CertificateRevocationList:
-    """Parse a CRL (PEM or DER); failure is ``InputError("malformed_crl")``."""
-    raw = _bounded(data, "crl")
+def load_crl(data: bytes, *, max_bytes: int = MAX_CRL_BYTES) -> x509.CertificateRevocationList:
+    """Parse a CRL (PEM or DER); failure is ``InputError("malformed_crl")`` or ``too_large``.
+
+    Every entry is parsed here, so the cost is linear in the CRL's size: lower ``max_bytes``
+    for CRLs from parties you do not run.
+    """
+    raw = _bounded(data, "crl", max_bytes)
     try:
         crl = x509.load_pem_x509_crl(raw) if _is_pem(raw) else x509.load_der_x509_crl(raw)
         _ = crl.extensions, crl.issuer, crl.signature_hash_algorithm

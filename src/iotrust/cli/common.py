@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -72,7 +73,7 @@ def fail(exc: IotrustError) -> NoReturn:
     if STATE.json:
         err.print_json(json.dumps(exc.as_dict()))
     else:
-        err.print(f"[bold red]error:[/] {exc.diagnostics()}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(exc.diagnostics())}", highlight=False)
     sys.exit(exc.exit_code)
 
 
@@ -104,7 +105,7 @@ def emit_object(obj: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
         return
     for k, v in obj.items():
-        out.print(f"[bold]{k}[/]: {v}", highlight=False)
+        out.print(f"[bold]{escape(str(k))}[/]: {escape(str(v))}", highlight=False)
 
 
 @contextmanager
@@ -121,5 +122,5 @@ def progress(total: int, what: str) -> Iterator[Callable[[int], None]]:
 
 def abort_usage(message: str) -> NoReturn:
     """A usage error (exit 2)."""
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2)

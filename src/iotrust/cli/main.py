@@ -393,7 +393,7 @@ def bench(
 ) -> None:
     """Run the benchmarks: each operation next to its physical floor, with ratios."""
     try:
-        from benchmarks.run import main as bench_main  # noqa: PLC0415
+        from benchmarks.run import main as bench_main  # type: ignore[import-not-found]  # noqa: PLC0415
     except ImportError:
         out.print("benchmarks/ is part of the source checkout; run `make bench` there")
         raise typer.Exit(1) from None
@@ -406,4 +406,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

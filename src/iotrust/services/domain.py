@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from iotrust.adapters.keys.file import EncryptedFileSigner, passphrase_from_environment
 from iotrust.adapters.keys.pkcs11 import Pkcs11Signer
-from iotrust.adapters.keys.refs import open_signer, parse_key_ref, pin_from_environment
+from iotrust.adapters.keys.refs import KeyRefKind, open_signer, parse_key_ref, pin_from_environment
 from iotrust.adapters.sql.store import Database, Tx
 from iotrust.core import events as ev
 from iotrust.core import pki
@@ -195,7 +195,10 @@ def active_issuing_ca(tx: Tx) -> CertificateAuthority:
 
 def root_ca(tx: Tx) -> CertificateAuthority:
     """The domain's operational root CA."""
-    return tx.get_ca(require_domain(tx).root_ca_id)
+    root_id = require_domain(tx).root_ca_id
+    if root_id is None:
+        raise NotFoundError("the trust domain has no root CA", reason="no_root_ca")
+    return tx.get_ca(root_id)
 
 
 def export_root(db: Database, out_dir: Path, *, remove_online_key: bool = False) -> list[Path]:
@@ -211,18 +214,19 @@ def export_root(db: Database, out_dir: Path, *, remove_online_key: bool = False)
     written = [out_dir / f"{root.id}.pem"]
     write_atomic(written[0], root.certificate_pem.encode(), mode=0o644)
     ref = parse_key_ref(root.key_ref)
-    if ref.scheme == "file" and ref.path is not None:
-        if not ref.path.exists():
+    if ref.kind is KeyRefKind.FILE and ref.path is not None:
+        key_path = Path(ref.path)
+        if not key_path.exists():
             raise NotFoundError("the root key is not online (already exported?)",
                                 reason="root_key_offline")
-        target = out_dir / ref.path.name
+        target = out_dir / key_path.name
         if target.exists():
             raise ConflictError(f"{target} exists; refusing to overwrite", reason="file_exists")
-        shutil.copy2(ref.path, target)
+        shutil.copy2(key_path, target)
         os.chmod(target, 0o600)
         written.append(target)
         if remove_online_key:
-            ref.path.unlink()
+            key_path.unlink()
     return written
 
 

@@ -23,14 +23,15 @@ from cryptography.hazmat.primitives import serialization
 
 from iotrust.adapters.keys.file import DeviceFileKey, EncryptedFileSigner
 from iotrust.adapters.keys.pkcs11 import Pkcs11Signer
-from iotrust.core import pki, vouchers
+from iotrust.core import pki
+from iotrust.core import vouchers as voucher_core
 from iotrust.core.ids import check_serial, check_slug
 from iotrust.errors import ConflictError, InputError, NotFoundError
 from iotrust.ports import Clock, Signer
 from iotrust.services.files import write_atomic
 
 FACTORY_ROOT_LIFETIME = timedelta(days=25 * 365)
-FACTORY_ISSUING_LIFETIME = timedelta(days=20 * 365)
+FACTORY_ISSUING_LIFETIME = timedelta(days=15 * 365)
 IDEVID_LIFETIME = timedelta(days=20 * 365)
 MANIFEST = "manufacturer.json"
 
@@ -152,6 +153,8 @@ def mint(factory: Factory, clock: Clock, count: int, *, passphrase: bytes,
     manifest = factory.manifest()
     start = int(str(manifest["next_serial"]))
     now = clock.now()
+    # An IDevID lives as long as the device, but never past its issuing CA.
+    lifetime = min(IDEVID_LIFETIME, factory.issuing.not_valid_after_utc - now)
     chain = _pem(factory.issuing)
     root = _pem(factory.root)
     minted: list[MintedDevice] = []
@@ -164,7 +167,7 @@ def mint(factory: Factory, clock: Clock, count: int, *, passphrase: bytes,
             issuing_key, factory.issuing, serial=serial, manufacturer=factory.name,
             vendor_id=vendor, product_id=product, public_key=signer.public_key,
             serial_number=pki.new_serial_number(os.urandom(20)), not_before=now,
-            lifetime=IDEVID_LIFETIME)
+            lifetime=lifetime)
         spki = pki.spki_sha256(signer.public_key)
         (folder / "factory.crt.pem").write_bytes(_pem(cert))
         (folder / "chain.pem").write_bytes(chain)
@@ -208,11 +211,11 @@ def write_vouchers(factory: Factory, clock: Clock, folders: Iterable[Path], *, o
     out = []
     for folder in folders:
         info = json.loads((folder / "device.json").read_text())
-        claims = vouchers.VoucherClaims(
+        claims = voucher_core.VoucherClaims(
             version=1, manufacturer=factory.name, serial=info["serial"],
             vendor_id=info["vendor_id"], product_id=info["product_id"],
             factory_spki_sha256=info["factory_spki_sha256"], owner=owner,
             owner_spki_sha256=owner_spki, created_at=now,
             expires_at=(now + lifetime) if lifetime else None)
-        out.append(vouchers.sign_voucher(claims, signer, signer_der))
+        out.append(voucher_core.sign_voucher(claims, signer, signer_der))
     return out

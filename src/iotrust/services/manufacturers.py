@@ -62,7 +62,7 @@ def add_manufacturer(
     with db.transaction() as tx:
         tx.add_manufacturer(m)
         eventlog.record(tx, clock, ev.MANUFACTURER_ADDED, actor=actor,
-                        data={"manufacturer": name, "allowed": m.allowed,
+                        data={"manufacturer": name, "allowed": list(m.allowed),
                               "anchors": [pki.spki_sha256(c.public_key()) for c in anchors],
                               "unsafe_manufacturer_trust": unsafe_manufacturer_trust})
     return m

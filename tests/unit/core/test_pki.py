@@ -826,6 +826,7 @@ class TestFactoryCertificate:
         ("overrides", "reason"),
         [
             ({"serial": "bad serial"}, "invalid_serial"),
+            ({"serial": "SN_1"}, "invalid_serial"),  # valid serial, but not a PrintableString
             ({"manufacturer": "Acme Corp"}, "invalid_manufacturer"),
             ({"vendor_id": ""}, "invalid_vendor_id"),
             ({"vendor_id": "x" * 17}, "invalid_vendor_id"),

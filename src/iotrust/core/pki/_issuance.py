@@ -65,6 +65,9 @@ DEVICE_URN_PREFIX = "urn:iotrust:device:"
 SERVICE_URN_PREFIX = "urn:iotrust:service:"
 
 _SERIAL_RANDOM_BYTES = 20
+_PRINTABLE_STRING_DELETE = str.maketrans(
+    "", "", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?"
+)
 _TAG_OCTET_STRING = 0x04
 _TAG_SEQUENCE = 0x30
 _TAG_URI = 0x86  # [6] IMPLICIT IA5String, GeneralName.uniformResourceIdentifier
@@ -449,6 +452,12 @@ class IssuingContext:
         Vendor and product ids travel in the non-critical :data:`OID_DEVICE_CLASS` extension.
         """
         check_serial(serial)
+        if serial.translate(_PRINTABLE_STRING_DELETE):
+            # X.520 serialNumber is a PrintableString: no "_" (allowed in our serial alphabet).
+            raise InputError(
+                f"serial {serial!r:.80} cannot be a certificate serialNumber",
+                reason="invalid_serial",
+            )
         check_slug(manufacturer, "manufacturer")
         device_class = ":".join(check_vendor_product(vendor_id, product_id))
         subject = x509.Name(

@@ -1,4 +1,4 @@
-"""Shared test fixtures: a fixed clock, and the rule that a missing real component fails under CI."""
+"""Shared test fixtures: a fixed clock; a missing real component fails under CI."""
 
 from __future__ import annotations
 

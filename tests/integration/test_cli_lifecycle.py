@@ -15,7 +15,8 @@ import pytest
 IOTRUST = [sys.executable, "-m", "iotrust.cli.main"]
 
 
-def run(args: list[str], env: dict[str, str], *, expect: int = 0) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], env: dict[str, str], *,
+        expect: int = 0) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([*IOTRUST, *args], env=env, capture_output=True, text=True, timeout=300,
                           check=False)
     assert proc.returncode == expect, (args, proc.returncode, proc.stdout, proc.stderr)
@@ -77,7 +78,7 @@ def test_bad_signature_voucher_is_refused_and_changes_nothing(world: dict[str, o
     assert isinstance(factory, Path)
     run(["factory", "mint", "--count", "1", "-f", str(factory)], env)
     fresh = tmp_path / "one.jsonl"
-    newest = sorted((factory / "devices").iterdir())[-1].name
+    newest = max((factory / "devices").iterdir()).name
     run(["factory", "voucher", "-f", str(factory), "--owner", "acme-ops", "--owner-root",
          str(world["root"]), "--serial", newest, "-o", str(fresh)], env)
     doc = json.loads(fresh.read_text())
@@ -99,7 +100,7 @@ def test_voucher_for_another_owner_is_refused(world: dict[str, object], tmp_path
     factory = world["factory"]
     assert isinstance(factory, Path)
     other = tmp_path / "other.jsonl"
-    serial = sorted((factory / "devices").iterdir())[0].name
+    serial = min((factory / "devices").iterdir()).name
     run(["factory", "voucher", "-f", str(factory), "--owner", "someone-else", "--owner-root",
          str(world["root"]), "--serial", serial, "-o", str(other)], env)
     proc = run(["--json", "voucher", "import", str(other)], env, expect=77)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from cryptography.hazmat.primitives import serialization
 from fastapi.responses import JSONResponse, Response
 
 from iotrust import __version__

@@ -33,7 +33,7 @@ def init(
 ) -> None:
     """Create a manufacturer root CA, IDevID CA and voucher-signing key.
 
-    Keys are encrypted with IOTRUST_FACTORY_PASSPHRASE (or the file IOTRUST_FACTORY_PASSPHRASE_FILE).
+    Keys are encrypted with IOTRUST_FACTORY_PASSPHRASE (or IOTRUST_FACTORY_PASSPHRASE_FILE).
     """
     with errors():
         f = svc.init_factory(factory_dir, SystemClock(), name=name, vendor_id=vendor_id,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets as pysecrets
-import sys
 from pathlib import Path
 
 import typer

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -101,8 +102,11 @@ class Device:
             raise TypeError("device timestamps must be timezone-aware")
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 def _is_hex(value: str) -> bool:
-    return all(c in "0123456789abcdef" for c in value)
+    return _HEX64.fullmatch(value) is not None
 
 
 def _move(device: Device, to: DeviceState, at: datetime, allowed_from: set[DeviceState],

@@ -58,7 +58,7 @@ def _state(value: str) -> DeviceState:
         raise InputError(f"unknown state {value!r:.20}", reason="invalid_state") from None
 
 
-def _transition(db: Database, clock: Clock, device_id: str, kind: str, actor: str,
+def _transition(db: Database, clock: Clock, device_id: str, *, kind: str, actor: str,
                 move: Callable[[Device], Device], reason: str | None = None,
                 revoke_reason: str | None = None) -> Device:
     with db.transaction() as tx:
@@ -78,20 +78,21 @@ def _transition(db: Database, clock: Clock, device_id: str, kind: str, actor: st
 def quarantine(db: Database, clock: Clock, device_id: str, *, actor: str,
                reason: str = "operator") -> Device:
     """ACTIVE → QUARANTINED."""
-    return _transition(db, clock, device_id, ev.DEVICE_QUARANTINED, actor,
-                       lambda d: lifecycle.quarantine(d, clock.now()), reason=reason)
+    return _transition(db, clock, device_id, kind=ev.DEVICE_QUARANTINED, actor=actor,
+                       move=lambda d: lifecycle.quarantine(d, clock.now()), reason=reason)
 
 
 def release(db: Database, clock: Clock, device_id: str, *, actor: str) -> Device:
     """QUARANTINED → ACTIVE."""
-    return _transition(db, clock, device_id, ev.DEVICE_RELEASED, actor,
-                       lambda d: lifecycle.release(d, clock.now()))
+    return _transition(db, clock, device_id, kind=ev.DEVICE_RELEASED, actor=actor,
+                       move=lambda d: lifecycle.release(d, clock.now()))
 
 
 def retire(db: Database, clock: Clock, device_id: str, reason: RetirementReason, *,
            actor: str) -> Device:
     """Any state → RETIRED; every live credential of the device is revoked in the same step."""
-    revoke = "key_compromise" if reason is RetirementReason.COMPROMISED else "cessation_of_operation"
-    return _transition(db, clock, device_id, ev.DEVICE_RETIRED, actor,
-                       lambda d: lifecycle.retire(d, reason, clock.now()), reason=reason.value,
+    compromised = reason is RetirementReason.COMPROMISED
+    revoke = "key_compromise" if compromised else "cessation_of_operation"
+    return _transition(db, clock, device_id, kind=ev.DEVICE_RETIRED, actor=actor,
+                       move=lambda d: lifecycle.retire(d, reason, clock.now()), reason=reason.value,
                        revoke_reason=revoke)

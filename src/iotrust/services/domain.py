@@ -11,7 +11,6 @@ This module does not serve anything and does not talk to the broker.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from dataclasses import dataclass
 from datetime import timedelta
@@ -63,12 +62,16 @@ class KeyBackend:
     def create(self, settings: Settings, label: str) -> tuple[Signer, str]:
         """Create a new key named ``label`` where it will live; return it and its reference."""
         if self.kind == "file":
-            assert self.passphrase is not None  # noqa: S101 - checked in __post_init__
+            if self.passphrase is None:
+                raise InputError("a passphrase is needed for file key storage",
+                                 reason="passphrase_missing")
             settings.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             path = settings.keys_dir / f"{label}.key.pem"
             signer = EncryptedFileSigner.generate(path, self.passphrase)
             return signer, f"file:{path}"
-        assert self.pkcs11_module and self.pkcs11_token and self.pkcs11_pin  # noqa: S101
+        if not (self.pkcs11_module and self.pkcs11_token and self.pkcs11_pin):
+            raise InputError("PKCS#11 key storage needs a module, a token label and a PIN",
+                             reason="pkcs11_incomplete")
         p11 = Pkcs11Signer.generate(self.pkcs11_module, self.pkcs11_token, self.pkcs11_pin, label)
         return p11, f"pkcs11:module={self.pkcs11_module};token={self.pkcs11_token};object={label}"
 
@@ -156,7 +159,8 @@ def init_domain(
                               "key_backend": backend.kind})
         for ca in (root, issuing):
             eventlog.record(tx, clock, ev.CA_CREATED, actor=ACTOR_SYSTEM,
-                            data={"ca": ca.id, "role": ca.role, "not_after": ca.not_after.isoformat()})
+                            data={"ca": ca.id, "role": ca.role,
+                                  "not_after": ca.not_after.isoformat()})
     write_ca_files(db, settings)
     return domain
 
@@ -223,7 +227,7 @@ def export_root(db: Database, out_dir: Path, *, remove_online_key: bool = False)
         if target.exists():
             raise ConflictError(f"{target} exists; refusing to overwrite", reason="file_exists")
         shutil.copy2(key_path, target)
-        os.chmod(target, 0o600)
+        target.chmod(0o600)
         written.append(target)
         if remove_online_key:
             key_path.unlink()
@@ -233,6 +237,6 @@ def export_root(db: Database, out_dir: Path, *, remove_online_key: bool = False)
 def _pem(cert: object) -> str:
     from cryptography import x509  # noqa: PLC0415
 
-    assert isinstance(cert, x509.Certificate)  # noqa: S101
+    assert isinstance(cert, x509.Certificate)
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 

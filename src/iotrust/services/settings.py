@@ -22,10 +22,13 @@ class Settings:
     database_url: str
 
     @classmethod
-    def from_environment(cls, data_dir: Path | None = None, database_url: str | None = None) -> Settings:
+    def from_environment(
+        cls, data_dir: Path | None = None, database_url: str | None = None
+    ) -> Settings:
         """Resolve settings from arguments, then ``IOTRUST_DATA`` / ``IOTRUST_DATABASE_URL``."""
         data = Path(data_dir or os.environ.get("IOTRUST_DATA") or DEFAULT_DATA).absolute()
-        url = database_url or os.environ.get("IOTRUST_DATABASE_URL") or f"sqlite:///{data / 'iotrust.db'}"
+        default = f"sqlite:///{data / 'iotrust.db'}"
+        url = database_url or os.environ.get("IOTRUST_DATABASE_URL") or default
         return cls(data_dir=data, database_url=url)
 
     @property

@@ -72,5 +72,5 @@ def authorize(token: ApiToken, permission: str) -> None:
 def revoke_token(db: Database, clock: Clock, name: str, *, actor: str) -> None:
     """Revoke a token by name."""
     with db.transaction() as tx:
-        tx.revoke_token(name)
+        tx.revoke_token(name, at=clock.now())
         eventlog.record(tx, clock, ev.TOKEN_REVOKED, actor=actor, data={"name": name})

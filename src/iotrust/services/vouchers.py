@@ -95,18 +95,18 @@ def import_vouchers(
     for index, raw in enumerate(items):
         chunk.append((index, raw))
         if len(chunk) >= batch_size:
-            _import_batch(db, clock, chunk, actor, report, rand)
+            _import_batch(db, clock, chunk=chunk, actor=actor, report=report, rand=rand)
             if progress is not None:
                 progress(len(chunk))
             chunk = []
     if chunk:
-        _import_batch(db, clock, chunk, actor, report, rand)
+        _import_batch(db, clock, chunk=chunk, actor=actor, report=report, rand=rand)
         if progress is not None:
             progress(len(chunk))
     return report
 
 
-def _import_batch(db: Database, clock: Clock, chunk: list[tuple[int, bytes]], actor: str,
+def _import_batch(db: Database, clock: Clock, *, chunk: list[tuple[int, bytes]], actor: str,
                   report: ImportReport, rand: Callable[[int], bytes]) -> None:
     with db.transaction() as tx:
         ctx = _Context(tx)
@@ -114,7 +114,8 @@ def _import_batch(db: Database, clock: Clock, chunk: list[tuple[int, bytes]], ac
         new_devices: list[Device] = []
         for index, raw in chunk:
             try:
-                outcome = _one(tx, clock, ctx, seen, raw, actor, rand, new_devices)
+                outcome = _one(tx, clock, ctx=ctx, seen=seen, raw=raw, actor=actor, rand=rand,
+                               new_devices=new_devices)
             except IotrustError as exc:
                 report.refused.append((index, exc.reason, exc.message))
                 eventlog.record(tx, clock, ev.VOUCHER_REFUSED, actor=actor, reason=exc.reason,
@@ -128,7 +129,7 @@ def _import_batch(db: Database, clock: Clock, chunk: list[tuple[int, bytes]], ac
                 report.imported.append(outcome)
 
 
-def _one(tx: Tx, clock: Clock, ctx: _Context, seen: _Batch, raw: bytes, actor: str,
+def _one(tx: Tx, clock: Clock, *, ctx: _Context, seen: _Batch, raw: bytes, actor: str,
          rand: Callable[[int], bytes], new_devices: list[Device]) -> str | None:
     now = clock.now()
     signed = vouchers.decode_voucher(raw)

@@ -9,7 +9,7 @@ The public surface of the PKI core:
 * issuance: :func:`build_root_ca`, :func:`build_issuing_ca`, :class:`IssuingContext` and the
   ``issue_*`` functions for device (LDevID), service, factory (IDevID) and voucher-signing
   certificates, :func:`read_factory_identity`, :func:`new_serial_number`;
-* requests: :func:`check_csr`;
+* requests: :func:`build_csr` (any signer) and :func:`check_csr`;
 * revocation: :class:`RevokedEntry`, :func:`build_crl`, :func:`check_crl`, :func:`is_revoked`;
 * path validation: :func:`verify_chain`.
 
@@ -62,6 +62,7 @@ from iotrust.core.pki._profiles import (
     CertificateProfile,
     check_vendor_product,
 )
+from iotrust.core.pki._request import build_csr
 from iotrust.core.pki._signing import sign_builder
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "IssuingContext",
     "RevokedEntry",
     "build_crl",
+    "build_csr",
     "build_issuing_ca",
     "build_root_ca",
     "check_crl",

@@ -34,10 +34,10 @@ from iotrust.core.pki._encoding import (
     load_public_key,
     spki_sha256,
 )
+from iotrust.core.pki._factory import FactoryIdentity, read_factory_identity
 from iotrust.core.pki._issuance import (
     DEVICE_URN_PREFIX,
     SERVICE_URN_PREFIX,
-    FactoryIdentity,
     IssuingContext,
     build_issuing_ca,
     build_root_ca,
@@ -46,7 +46,6 @@ from iotrust.core.pki._issuance import (
     issue_service_certificate,
     issue_voucher_signer_certificate,
     new_serial_number,
-    read_factory_identity,
 )
 from iotrust.core.pki._profiles import (
     DEVICE,

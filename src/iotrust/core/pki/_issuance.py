@@ -6,7 +6,7 @@
   computed once and then reused for each issuance. The ``issue_*`` functions are one-shot
   conveniences over it.
 * Leaf profiles: the operational device certificate (LDevID), service/broker certificates,
-  the factory certificate (IDevID, with :func:`read_factory_identity`) and the manufacturer's
+  the factory certificate (IDevID; reading it back is :mod:`._factory`) and the manufacturer's
   voucher-signing certificate.
 
 Every value that enters a certificate is validated here (device id, service name, serial, names,
@@ -34,9 +34,7 @@ from iotrust.core.pki._encoding import (
     der_tlv,
     der_utf8_string,
     is_p256,
-    parse_der_utf8_string,
     spki_der,
-    spki_sha256,
 )
 from iotrust.core.pki._profiles import (
     DEVICE,
@@ -229,17 +227,6 @@ def build_root_ca(
         extensions=(),
     )
     return sign_builder(builder, signer)
-
-
-@dataclass(frozen=True, slots=True)
-class FactoryIdentity:
-    """What a factory certificate (IDevID) says about the device that holds its key."""
-
-    serial: str
-    manufacturer: str
-    vendor_id: str
-    product_id: str
-    spki_sha256: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,7 +502,13 @@ def build_issuing_ca(  # noqa: PLR0917 - the published positional order; callers
     *,
     serial_number: int | None = None,
 ) -> x509.Certificate:
-    """An issuing CA below ``root_cert``: CA path length 0, AKI from the root, SKI."""
+    """An issuing CA below ``root_cert``: CA path length 0, AKI from the root, SKI.
+
+    ``crl_url`` becomes this certificate's CRL distribution point, i.e. where the CRL that can
+    revoke *this issuing CA* (the root's CRL) is published (RFC 5280 §4.2.1.13). The URL of the
+    CRL the issuing CA itself publishes goes into the device certificates it issues
+    (``IssuingContext(..., crl_url=...)`` or ``issue_device(crl_url=...)``).
+    """
     context = IssuingContext(root_cert, root_signer, crl_url)
     return context.issue_ca(
         public_key, common_name, organization, not_before, lifetime, serial_number=serial_number
@@ -610,56 +603,4 @@ def issue_voucher_signer_certificate(  # noqa: PLR0917 - mirrors build_issuing_c
     """One-shot :meth:`IssuingContext.issue_voucher_signer`."""
     return IssuingContext(root_cert, root_signer).issue_voucher_signer(
         public_key, common_name, organization, not_before, lifetime, serial_number=serial_number
-    )
-
-
-def _single_attribute(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
-    values = name.get_attributes_for_oid(oid)
-    if not values:
-        raise InputError("not a factory certificate", reason="factory_identity_missing")
-    if len(values) != 1 or not isinstance(values[0].value, str):
-        raise InputError("ambiguous factory certificate subject", reason="factory_identity_invalid")
-    return values[0].value
-
-
-def _device_class(extension: x509.ExtensionType) -> tuple[str, str]:
-    if not isinstance(extension, x509.UnrecognizedExtension):
-        raise InputError("unexpected device class", reason="malformed_extension")
-    vendor_id, sep, product_id = parse_der_utf8_string(extension.value).partition(":")
-    if not sep:
-        raise InputError("device class is not vendor:product", reason="malformed_extension")
-    return check_vendor_product(vendor_id, product_id)
-
-
-def read_factory_identity(cert: x509.Certificate) -> FactoryIdentity:
-    """What a factory certificate says: serial, manufacturer, vendor/product, key fingerprint.
-
-    This reads, it does not verify: check the chain first (:func:`verify_chain`).
-
-    Raises:
-        InputError: ``factory_identity_missing`` if a field or the device-class extension is
-            absent, ``factory_identity_invalid`` if one is malformed or inconsistent.
-    """
-    serial = _single_attribute(cert.subject, NameOID.SERIAL_NUMBER)
-    manufacturer = _single_attribute(cert.subject, NameOID.ORGANIZATION_NAME)
-    try:
-        extension = cert.extensions.get_extension_for_oid(OID_DEVICE_CLASS).value
-    except x509.ExtensionNotFound as exc:
-        raise InputError(
-            "the certificate carries no device class", reason="factory_identity_missing"
-        ) from exc
-    try:
-        vendor_id, product_id = _device_class(extension)
-        check_serial(serial)
-        check_slug(manufacturer, "manufacturer")
-    except InputError as exc:
-        raise InputError(
-            f"malformed factory certificate: {exc.message}", reason="factory_identity_invalid"
-        ) from exc
-    return FactoryIdentity(
-        serial=serial,
-        manufacturer=manufacturer,
-        vendor_id=vendor_id,
-        product_id=product_id,
-        spki_sha256=spki_sha256(cert.public_key()),
     )

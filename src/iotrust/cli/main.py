@@ -6,6 +6,7 @@ JSON with ``--json``) and turns the error tree into exit codes. No domain logic 
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets as pysecrets
 from pathlib import Path
@@ -392,11 +393,11 @@ def bench(
 ) -> None:
     """Run the benchmarks: each operation next to its physical floor, with ratios."""
     try:
-        from benchmarks.run import main as bench_main  # type: ignore[import-not-found]  # noqa: PLC0415
+        runner = importlib.import_module("benchmarks.run")
     except ImportError:
         out.print("benchmarks/ is part of the source checkout; run `make bench` there")
         raise typer.Exit(1) from None
-    bench_main(["--quick"] if quick else [], output=output)
+    runner.main(["--quick"] if quick else [], output=output)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from iotrust.core.lifecycle import CredentialState
 from iotrust.core.records import CertificateAuthority, Credential
 from iotrust.ports import Clock
 from iotrust.services import eventlog
-from iotrust.services.domain import Secrets, active_issuing_ca
+from iotrust.services.domain import Secrets, active_issuing_ca, crl_url_for, require_domain
 from iotrust.services.files import write_atomic
 from iotrust.services.settings import Settings
 
@@ -80,6 +80,8 @@ class Issuer:
         tx.record_key(spki, "credential", device_id, now)  # ConflictError key_reused if seen
         ca = active_issuing_ca(tx)
         ctx = self.context(ca)
+        if crl_url is None:
+            crl_url = crl_url_for(require_domain(tx), ca.id)
         serial = pki.new_serial_number(os.urandom(20))
         cert = ctx.issue_device(device_id=device_id, public_key=public_key, serial_number=serial,
                                 not_before=now - timedelta(minutes=5), lifetime=lifetime,

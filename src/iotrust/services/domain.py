@@ -134,10 +134,11 @@ def init_domain(
     root_cert = pki.build_root_ca(root_signer, f"{name} Root CA", name, now, ROOT_LIFETIME)
     issuing_signer, issuing_ref = backend.create(settings, f"issuing-{stamp}")
     issuing_id = f"issuing-{stamp}"
-    crl_url = f"{public_url.rstrip('/')}/v1/crl/{issuing_id}.crl"
+    # No CRL distribution point on the issuing CA: the root key may be kept offline, so the
+    # root's CRL is not served; device certificates name their issuing CA's CRL (crl_url_for).
     issuing_cert = pki.build_issuing_ca(root_signer, root_cert, issuing_signer.public_key,
                                         f"{name} Issuing CA {stamp}", name, now, ISSUING_LIFETIME,
-                                        crl_url)
+                                        None)
     root = CertificateAuthority(
         id=f"root-{stamp}", role="root", name=f"{name} Root CA", certificate_pem=_pem(root_cert),
         key_ref=root_ref, state="active", not_after=root_cert.not_valid_after_utc, crl_number=0,
@@ -187,6 +188,14 @@ def require_domain(tx: Tx) -> TrustDomain:
         raise NotFoundError("no trust domain here yet: run `iotrust init` first",
                             reason="no_domain")
     return domain
+
+
+def crl_url_for(domain: TrustDomain, ca_id: str) -> str | None:
+    """Where certificates issued by ``ca_id`` say its CRL is served."""
+    public_url = domain.settings.get("public_url") if domain.settings else None
+    if not isinstance(public_url, str) or not public_url:
+        return None
+    return f"{public_url.rstrip('/')}/v1/crl/{ca_id}.crl"
 
 
 def active_issuing_ca(tx: Tx) -> CertificateAuthority:

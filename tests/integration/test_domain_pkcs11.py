@@ -17,13 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.conftest import missing_component
 from tests.integration.softhsm import softhsm_token, unique_key_label
 
-from iotrust.adapters.keys.refs import parse_key_ref
+from iotrust.adapters.keys.refs import open_signer, parse_key_ref
 from iotrust.adapters.sql.store import Database
+from iotrust.core import pki
 from iotrust.core.ids import new_device_id
 from iotrust.core.lifecycle import Device, DeviceState
 from iotrust.core.records import Manufacturer
 from iotrust.ports import SystemClock
-from iotrust.services import credentials, domain
+from iotrust.services import credentials, domain, factory
 from iotrust.services.settings import Settings
 
 pytestmark = [pytest.mark.hsm, pytest.mark.interop]
@@ -113,3 +114,23 @@ def test_export_root_moves_the_key_offline(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not online"):
         domain.export_root(db, tmp_path / "again")
     db.close()
+
+
+def test_factory_mints_device_keys_inside_the_token(tmp_path: Path) -> None:
+    token = softhsm_token()
+    clock = SystemClock()
+    f = factory.init_factory(tmp_path / "factory", clock, name="hsmco", vendor_id="0x1",
+                             product_id="se-1", passphrase=b"factory passphrase 0123")
+    store = factory.DeviceKeyStore(kind="pkcs11", module=token.module, token=token.label,
+                                   pin=token.pin)
+    prefix = "P" + unique_key_label("m")[-6:].upper()
+    minted = factory.mint(f, clock, 3, passphrase=b"factory passphrase 0123", keystore=store,
+                          prefix=prefix)
+    for m in minted:
+        assert m.key_ref.startswith("pkcs11:")
+        assert not (m.folder / "factory.key.pem").exists()
+        cert = pki.load_certificate((m.folder / "factory.crt.pem").read_bytes())
+        signer = open_signer(m.key_ref, pin=token.pin)
+        assert pki.spki_sha256(signer.public_key) == pki.spki_sha256(cert.public_key())
+        ident = pki.read_factory_identity(cert)
+        assert (ident.serial, ident.vendor_id, ident.product_id) == (m.serial, "0x1", "se-1")

@@ -17,10 +17,11 @@ from fastapi.responses import JSONResponse, Response
 
 from iotrust import __version__
 from iotrust.adapters.sql.store import Database
-from iotrust.api import operators
+from iotrust.api import onboarding, operators
 from iotrust.core import pki
+from iotrust.core.onboarding.reasons import REASONS
 from iotrust.core.records import ApiToken
-from iotrust.errors import AuthError, IotrustError, NotFoundError
+from iotrust.errors import AuthError, InputError, IotrustError, NotFoundError, TrustError
 from iotrust.ports import Clock, SystemClock
 from iotrust.services import tokens
 from iotrust.services.domain import Secrets, secrets_from_environment
@@ -42,6 +43,9 @@ def _status(exc: IotrustError) -> int:
         return 403
     if exc.reason == "rate_limited":
         return 429
+    if isinstance(exc, (TrustError, InputError)) and not isinstance(exc, AuthError) \
+            and exc.reason in REASONS:
+        return REASONS[exc.reason].http_status  # onboarding refusals (docs/protocol.md §7)
     return exc.http_status
 
 
@@ -87,6 +91,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
                         media_type="application/pkix-crl")
 
     app.include_router(operators.router(state, require))
+    onboarding.install(app, state)
     return app
 
 

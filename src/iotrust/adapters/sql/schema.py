@@ -198,7 +198,26 @@ onboarding_sessions = Table(
     Column("source", String(200), nullable=False),
     Column("credential_serial", String(40), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
+    # 0002: what attest and confirm need from the hello, and the confirmation deadline
+    Column("factory_spki", LargeBinary, nullable=True),
+    Column("voucher_sha256", String(64), nullable=True),
+    Column("confirm_by", UtcDateTime(), nullable=True),
+    Index(None, "state", "confirm_by"),
+    Index(None, "device_id", "state"),
     _states("state", SESSION_STATES),
+)
+
+#: One row per onboarding hello, counted by the per-serial and per-source rate limits (0002).
+onboarding_attempts = Table(
+    "onboarding_attempts", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("serial", String(64), nullable=True),
+    Column("source", String(200), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Index(None, "serial", "at"),
+    Index(None, "source", "at"),
+    Index(None, "at"),
 )
 
 api_tokens = Table(

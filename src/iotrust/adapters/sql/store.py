@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -38,6 +39,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     create_engine,
+    delete,
     event,
     exists,
     func,
@@ -90,13 +92,28 @@ from iotrust.errors import (
     NotFoundError,
 )
 
-__all__ = ["MIGRATIONS_DIR", "Database", "Tx"]
+__all__ = ["MIGRATIONS_DIR", "Database", "SessionBinding", "Tx"]
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 LOCK_TIMEOUT_S: Final = 30.0
 MAX_PAGE: Final = 10_000
 
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBinding:
+    """What an onboarding session was bound to at its hello (revision 0002).
+
+    ``factory_spki`` is the DER SubjectPublicKeyInfo of the factory key the hello's chain
+    proved, ``voucher_sha256`` the hex SHA-256 of the voucher bytes sent back (of the empty
+    string for an unsafe admission), ``confirm_by`` the deadline set when the nonce was spent.
+    ``None`` fields belong to sessions opened without them.
+    """
+
+    factory_spki: bytes | None
+    voucher_sha256: str | None
+    confirm_by: datetime | None
 
 # --------------------------------------------------------------------------------------------
 # The one seam where driver errors become iotrust errors.
@@ -1056,3 +1073,142 @@ class Tx:
     def count_events(self) -> int:
         """How many records the log holds."""
         return int(self._exec(select(func.count()).select_from(s.events)).scalar_one())
+
+    # -- onboarding service (revision 0002) --------------------------------------------------
+
+    def open_session(self, session: OnboardingSession, *, factory_spki: bytes,
+                     voucher_sha256: str) -> None:
+        """Open an onboarding session bound to what its hello proved.
+
+        ``factory_spki`` is the factory key's DER SubjectPublicKeyInfo, ``voucher_sha256`` the
+        hex SHA-256 of the voucher sent back. ``ConflictError(nonce_reused)``.
+        """
+        check_sha256_hex(voucher_sha256, "voucher hash")
+        if not isinstance(factory_spki, bytes) or not 0 < len(factory_spki) <= 1024:  # noqa: PLR2004
+            raise InputError("factory key must be 1..1024 bytes of DER", reason="invalid_key")
+        self._insert(s.onboarding_sessions, {
+            "id": session.id, "device_id": session.device_id, "serial": session.serial,
+            "nonce_sha256": session.nonce_sha256, "device_nonce": session.device_nonce,
+            "expires_at": session.expires_at, "consumed_at": session.consumed_at,
+            "state": str(session.state), "source": session.source,
+            "credential_serial": session.credential_serial, "created_at": session.created_at,
+            "factory_spki": factory_spki, "voucher_sha256": voucher_sha256, "confirm_by": None})
+
+    def session_binding(self, session_id: str) -> SessionBinding | None:
+        """What the hello bound a session to and its deadline (``None``: no such session)."""
+        t = s.onboarding_sessions
+        row = self._exec(select(t.c.factory_spki, t.c.voucher_sha256, t.c.confirm_by)
+                         .where(t.c.id == session_id)).first()
+        if row is None:
+            return None
+        spki = bytes(row.factory_spki) if row.factory_spki is not None else None
+        return SessionBinding(factory_spki=spki, voucher_sha256=row.voucher_sha256,
+                              confirm_by=row.confirm_by)
+
+    def lock_device(self, device_id: str) -> None:
+        """Hold the device's row until the transaction ends; unknown ids are ignored.
+
+        ``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises writers.
+        """
+        self._writable()
+        self._exec(select(s.devices.c.id).where(s.devices.c.id == device_id).with_for_update())
+
+    def live_session_exists(self, device_id: str, at: datetime) -> bool:
+        """Whether the device has a live session at ``at``.
+
+        Live: open and unexpired, or attested and not past its confirmation deadline.
+        """
+        t = s.onboarding_sessions
+        live = ((t.c.state == SessionState.OPEN.value) & (t.c.expires_at > at)) | (
+            (t.c.state == SessionState.ATTESTED.value) & (t.c.confirm_by >= at))
+        return bool(self._exec(select(exists().where(t.c.device_id == device_id, live)))
+                    .scalar())
+
+    def attest_session(self, session_id: str, nonce_sha256: str, at: datetime,
+                       confirm_by: datetime) -> bool:
+        """Spend the session's nonce and move it open → attested with its confirmation deadline.
+
+        One conditional ``UPDATE`` (id, nonce hash, state open, unspent, ``expires_at > at``):
+        ``True`` for exactly one caller, ever.
+        """
+        self._writable()
+        t = s.onboarding_sessions
+        result = self._exec(
+            update(t).where(t.c.id == session_id, t.c.nonce_sha256 == nonce_sha256,
+                            t.c.consumed_at.is_(None), t.c.expires_at > at,
+                            t.c.state == SessionState.OPEN.value)
+            .values(state=SessionState.ATTESTED.value, consumed_at=at, confirm_by=confirm_by))
+        return result.rowcount == 1
+
+    def confirm_session(self, session_id: str, at: datetime) -> bool:
+        """Move attested → confirmed unless the deadline passed; ``True`` for one caller only."""
+        self._writable()
+        t = s.onboarding_sessions
+        result = self._exec(
+            update(t).where(t.c.id == session_id, t.c.state == SessionState.ATTESTED.value,
+                            t.c.confirm_by >= at)
+            .values(state=SessionState.CONFIRMED.value))
+        return result.rowcount == 1
+
+    def refuse_session(self, session_id: str, *, expected: SessionState) -> bool:
+        """``expected`` → refused (compare-and-set); ``False`` if the session moved on."""
+        self._writable()
+        t = s.onboarding_sessions
+        result = self._exec(
+            update(t).where(t.c.id == session_id,
+                            t.c.state == as_enum(SessionState, expected, "session_state").value)
+            .values(state=SessionState.REFUSED.value))
+        return result.rowcount == 1
+
+    def unconfirmed_sessions(self, at: datetime, *, limit: int = 100) -> list[OnboardingSession]:
+        """Attested sessions whose confirmation deadline passed before ``at``, oldest first."""
+        _check_limit(limit)
+        t = s.onboarding_sessions
+        stmt = (select(t).where(t.c.state == SessionState.ATTESTED.value,
+                                t.c.confirm_by.is_(None) | (t.c.confirm_by < at))
+                .order_by(t.c.confirm_by, t.c.id).limit(limit))
+        return [_session(r) for r in self._exec(stmt)]
+
+    def expire_unconfirmed_session(self, session_id: str, at: datetime) -> bool:
+        """Move attested → expired if its deadline passed before ``at``; ``True`` for one caller."""
+        self._writable()
+        t = s.onboarding_sessions
+        result = self._exec(
+            update(t).where(t.c.id == session_id, t.c.state == SessionState.ATTESTED.value,
+                            t.c.confirm_by.is_(None) | (t.c.confirm_by < at))
+            .values(state=SessionState.EXPIRED.value))
+        return result.rowcount == 1
+
+    def expire_open_sessions(self, at: datetime) -> int:
+        """Mark every open session whose nonce expired at or before ``at`` as expired."""
+        self._writable()
+        t = s.onboarding_sessions
+        result = self._exec(update(t).where(t.c.state == SessionState.OPEN.value,
+                                            t.c.expires_at <= at)
+                            .values(state=SessionState.EXPIRED.value))
+        return int(result.rowcount)
+
+    def add_onboarding_attempt(self, serial: str | None, source: str, at: datetime) -> None:
+        """Count one onboarding hello (``serial`` is ``None`` for a malformed one)."""
+        if not isinstance(source, str) or not 0 < len(source) <= 200:  # noqa: PLR2004
+            raise InputError("source must be 1..200 characters", reason="invalid_source")
+        self._insert(s.onboarding_attempts, {"serial": serial, "source": source, "at": at})
+
+    def count_onboarding_attempts(self, *, since: datetime, serial: str | None = None,
+                                  source: str | None = None) -> int:
+        """Hellos at or after ``since`` for one serial and/or one source."""
+        if serial is None and source is None:
+            raise TypeError("count attempts of a serial or of a source")
+        t = s.onboarding_attempts
+        stmt = select(func.count()).select_from(t).where(t.c.at >= since)
+        if serial is not None:
+            stmt = stmt.where(t.c.serial == serial)
+        if source is not None:
+            stmt = stmt.where(t.c.source == source)
+        return int(self._exec(stmt).scalar_one())
+
+    def prune_onboarding_attempts(self, before: datetime) -> int:
+        """Forget hellos older than ``before`` (they no longer count); returns how many."""
+        self._writable()
+        t = s.onboarding_attempts
+        return int(self._exec(delete(t).where(t.c.at < before)).rowcount)

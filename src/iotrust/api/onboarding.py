@@ -1,0 +1,122 @@
+"""Device onboarding endpoints: ``POST /v1/onboarding/{hello,attest,confirm}`` (docs/protocol.md).
+
+Devices authenticate by signatures, not tokens. Handlers read the body (never more than the
+message's size bound plus one byte, so an oversized body is refused without being buffered),
+hand the bytes and the client address to :class:`~iotrust.services.onboarding.OnboardingService`
+in a worker thread, and write the reply's canonical JSON. Refusals propagate as the error tree to
+the app's one exception handler (403 / 422 / 429 with ``{"error", "reason", "detail"}``).
+
+The app also runs :func:`~iotrust.services.onboarding.expire_unconfirmed` periodically in every
+worker (the conditional updates make concurrent sweeps safe). No session state lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import anyio.to_thread
+from fastapi import APIRouter, FastAPI, Request, Response
+
+from iotrust.core.onboarding.messages import AttestRequest, ConfirmRequest, HelloRequest
+from iotrust.errors import IotrustError
+from iotrust.services.onboarding import OnboardingService
+
+if TYPE_CHECKING:
+    from iotrust.api.app import AppState
+
+__all__ = ["SWEEP_INTERVAL_S", "install"]
+
+SWEEP_INTERVAL_S: Final = 30.0
+_JSON: Final = "application/json"
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+_REFUSALS: Final[dict[int | str, dict[str, Any]]] = {
+    403: {"description": "Refused; `reason` says why (docs/protocol.md §7)."},
+    422: {"description": "Malformed message (`malformed_request`)."},
+    429: {"description": "Too many attempts (`rate_limited`)."},
+}
+
+
+async def _body(request: Request, max_bytes: int) -> bytes:
+    """The request body, cut at ``max_bytes + 1`` (the parse boundary refuses the excess)."""
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > max_bytes:
+            return bytes(buf[: max_bytes + 1])
+    return bytes(buf)
+
+
+def _source(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+async def _in_thread(fn: Callable[[], _T]) -> _T:
+    return await anyio.to_thread.run_sync(fn)
+
+
+def router(service: OnboardingService) -> APIRouter:
+    """The three onboarding routes over ``service``."""
+    r = APIRouter(prefix="/v1/onboarding", tags=["onboarding"])
+
+    @r.post("/hello", response_class=Response, responses=_REFUSALS)
+    async def hello(request: Request) -> Response:
+        """Step 1: serial, factory chain and device nonce → session, server nonce, voucher."""
+        body = await _body(request, HelloRequest.MAX_BYTES)
+        reply = await _in_thread(functools.partial(service.hello, body,
+                                                   source=_source(request)))
+        return Response(reply.to_wire(), media_type=_JSON)
+
+    @r.post("/attest", response_class=Response, responses=_REFUSALS)
+    async def attest(request: Request) -> Response:
+        """Step 2: CSR signed over the transcript by the factory key → operational credential."""
+        body = await _body(request, AttestRequest.MAX_BYTES)
+        reply = await _in_thread(functools.partial(service.attest, body,
+                                                   source=_source(request)))
+        return Response(reply.to_wire(), media_type=_JSON)
+
+    @r.post("/confirm", status_code=204, response_class=Response, responses=_REFUSALS)
+    async def confirm(request: Request) -> Response:
+        """Step 3: the new key signs the confirm transcript → the device is ACTIVE."""
+        body = await _body(request, ConfirmRequest.MAX_BYTES)
+        await _in_thread(functools.partial(service.confirm, body, source=_source(request)))
+        return Response(status_code=204)
+
+    return r
+
+
+async def _sweep_forever(service: OnboardingService, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await _in_thread(service.expire_unconfirmed)
+        except IotrustError as exc:  # keep sweeping; the next round retries
+            _log.warning("onboarding sweep failed: %s", exc.reason)
+
+
+def install(app: FastAPI, state: AppState, *, sweep_interval_s: float = SWEEP_INTERVAL_S,
+            ) -> OnboardingService:
+    """Add the onboarding routes to ``app`` and sweep unconfirmed sessions while it runs."""
+    service = OnboardingService(state.db, state.clock, state.settings, state.secrets)
+    app.include_router(router(service))
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:  # noqa: ANN401 - Starlette's app type
+        task = asyncio.create_task(_sweep_forever(service, sweep_interval_s))
+        try:
+            async with inner(a) as value:
+                yield value
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.router.lifespan_context = lifespan
+    return service

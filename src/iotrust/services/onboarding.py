@@ -1,0 +1,614 @@
+"""The onboarding use case (DESIGN.md §6, ``docs/protocol.md``): hello, attest, confirm.
+
+Each step parses its message at the core's parse boundary, loads the stored facts, lets the pure
+decision functions of :mod:`iotrust.core.onboarding.server` decide, and persists the outcome in
+the database. Everything that must hold across requests lives in the database, never in process
+memory, so any number of workers (and machines) can serve one fleet:
+
+* rate limits count the ``onboarding_attempts`` rows of the last window per serial and per
+  source address (``rate_limited``, checked before anything else);
+* one live session per device: the hello locks the device row before looking for a live session;
+* the server nonce is spent by one conditional ``UPDATE`` (open → attested) committed *before*
+  the signature is checked, so a nonce is good for exactly one attest and a failed attest burns it;
+* confirm moves attested → confirmed, the credential issued → active and the device
+  EXPECTED → ACTIVE in one transaction, with one event.
+
+Every refusal (a :class:`~iotrust.errors.TrustError`, ``rate_limited`` included, or malformed
+input) is recorded as an ``onboarding.refused`` event in its own transaction after the failed one
+rolled back, then re-raised for the edge to map. Contacts by retired devices also leave a
+``zombie.contact`` event. :func:`expire_unconfirmed` revokes the credentials of sessions that were
+not confirmed in time and republishes the CRL.
+
+This module does not speak HTTP (see :mod:`iotrust.api.onboarding`), keep sessions in memory,
+decide trust itself (the core does) or talk to the broker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from iotrust.adapters.sql.store import Database, Tx
+from iotrust.core import events as ev
+from iotrust.core import lifecycle, pki
+from iotrust.core.ids import new_device_id
+from iotrust.core.lifecycle import CredentialState, Device, DeviceState, KeyStorage
+from iotrust.core.onboarding import reasons as r
+from iotrust.core.onboarding.messages import (
+    AttestRequest,
+    AttestResponse,
+    Broker,
+    ConfirmRequest,
+    HelloRequest,
+    HelloResponse,
+)
+from iotrust.core.onboarding.reasons import refuse
+from iotrust.core.onboarding.server import (
+    MAX_SESSION_TTL_SECONDS,
+    HelloDecision,
+    ManufacturerTrust,
+    check_attest,
+    check_confirm,
+    check_hello,
+    hello_response,
+    new_session,
+    nonce_sha256,
+    precheck_attest,
+    session_record_id,
+)
+from iotrust.core.records import OnboardingSession, SessionState, TrustDomain
+from iotrust.core.vouchers import SignedVoucher, decode_voucher
+from iotrust.errors import ConflictError, InputError, IotrustError, NotFoundError, TrustError
+from iotrust.ports import Clock
+from iotrust.services import eventlog
+from iotrust.services.credentials import (
+    DEFAULT_CREDENTIAL_LIFETIME,
+    Issuer,
+    publish_crls,
+    revoke_credential,
+)
+from iotrust.services.domain import Secrets, active_issuing_ca, require_domain, root_ca
+from iotrust.services.settings import Settings
+
+__all__ = [
+    "ACTOR",
+    "DEFAULT_POLICY",
+    "ONBOARDING_STARTED",
+    "ONBOARDING_UNCONFIRMED",
+    "OnboardingConfig",
+    "OnboardingService",
+    "expire_unconfirmed",
+    "render_policy",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Who the onboarding service acts as in the event log.
+ACTOR: Final = "onboarding@iotrust"
+#: A hello was accepted and a session opened (``data``: session, serial, source).
+ONBOARDING_STARTED: Final = "onboarding.started"
+#: A session was not confirmed by its deadline: its credential was revoked.
+ONBOARDING_UNCONFIRMED: Final = "onboarding.unconfirmed"
+#: Why an unconfirmed credential is revoked (a CRL reason, see services.credentials).
+_UNCONFIRMED_REVOCATION: Final = "unspecified"
+_MAX_DETAIL: Final = 200
+_MAX_SOURCE: Final = 200
+
+#: The least-privilege policy a device gets when nothing more specific exists (DESIGN.md §7):
+#: publish its own telemetry, receive its own commands.
+DEFAULT_POLICY: Final[tuple[Mapping[str, str], ...]] = (
+    {"action": "publish", "topic": "devices/{device_id}/telemetry"},
+    {"action": "subscribe", "topic": "devices/{device_id}/commands/#"},
+)
+
+
+def render_policy(device_id: str,
+                  templates: tuple[Mapping[str, str], ...] = DEFAULT_POLICY,
+                  ) -> tuple[dict[str, Any], ...]:
+    """The policy rules for one device: ``{device_id}`` replaced in every topic template."""
+    return tuple({"action": t["action"], "topic": t["topic"].replace("{device_id}", device_id)}
+                 for t in templates)
+
+
+def _int_setting(settings: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"domain setting {key} must be an integer in {low}..{high}",
+                         reason="invalid_setting")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class OnboardingConfig:
+    """Onboarding limits and what attested devices are told, from the trust domain's settings.
+
+    Keys (all optional): ``onboarding_rate_per_serial`` (hellos per window per serial, default
+    5), ``onboarding_rate_per_source`` (per source address, 300), ``onboarding_rate_window_s``
+    (60), ``onboarding_session_ttl_s`` (server nonce lifetime, at most 60), ``onboarding_confirm_s``
+    (confirmation deadline after attest, 300), ``broker_host`` / ``broker_port``
+    (127.0.0.1:8883). A rate of 0 switches that limit off.
+    """
+
+    rate_per_serial: int = 5
+    rate_per_source: int = 300
+    rate_window_s: int = 60
+    session_ttl_s: int = MAX_SESSION_TTL_SECONDS
+    confirm_s: int = 300
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 8883
+
+    def __post_init__(self) -> None:
+        Broker(self.broker_host, self.broker_port)  # validates host and port
+        if not 1 <= self.session_ttl_s <= MAX_SESSION_TTL_SECONDS:
+            raise InputError("the session lifetime must be 1..60 s", reason="invalid_setting")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> OnboardingConfig:
+        """Read the configuration from the trust domain's settings mapping."""
+        host = settings.get("broker_host", "127.0.0.1")
+        if not isinstance(host, str):
+            raise InputError("domain setting broker_host must be a host name",
+                             reason="invalid_setting")
+        try:
+            return cls(
+                rate_per_serial=_int_setting(settings, "onboarding_rate_per_serial", 5, 0,
+                                             1_000_000),
+                rate_per_source=_int_setting(settings, "onboarding_rate_per_source", 300, 0,
+                                             100_000_000),
+                rate_window_s=_int_setting(settings, "onboarding_rate_window_s", 60, 1, 3600),
+                session_ttl_s=_int_setting(settings, "onboarding_session_ttl_s",
+                                           MAX_SESSION_TTL_SECONDS, 1, MAX_SESSION_TTL_SECONDS),
+                confirm_s=_int_setting(settings, "onboarding_confirm_s", 300, 1, 86_400),
+                broker_host=host,
+                broker_port=_int_setting(settings, "broker_port", 8883, 1, 65535))
+        except InputError as exc:
+            if exc.reason == "malformed_request":  # from Broker: a bad host is a bad setting
+                raise InputError("domain setting broker_host is not a host name",
+                                 reason="invalid_setting") from exc
+            raise
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What a step learned before it failed: what its refusal event records."""
+
+    step: str
+    source: str
+    serial: str | None = None
+    device_id: str | None = None
+    session_id: str | None = None
+    consumed: bool = False  # this request spent the session's nonce (attest)
+    attested: bool = False  # the session was attested when the confirm was refused
+
+
+def _source(source: str) -> str:
+    if not isinstance(source, str):
+        raise TypeError("source is the client's address as a string")
+    return (source or "unknown")[:_MAX_SOURCE]
+
+
+def _spki_der(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _factory_key(spki: bytes | None) -> ec.EllipticCurvePublicKey:
+    if spki is None:
+        raise refuse(r.NONCE_UNKNOWN, "the session holds no factory key")
+    key = pki.load_public_key(spki)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise refuse(r.NONCE_UNKNOWN, "the session's factory key is not ECDSA")
+    return key
+
+
+def _owner_spki(tx: Tx) -> str:
+    root = pki.load_certificate(root_ca(tx).certificate_pem.encode())
+    return pki.spki_sha256(root.public_key())
+
+
+class OnboardingService:
+    """The three onboarding steps over one registry; stateless between requests.
+
+    ``random`` draws session ids, nonces and device ids (``os.urandom`` unless a test injects
+    one). The :class:`~iotrust.services.credentials.Issuer` caches the opened issuing-CA key, an
+    immutable thing; nothing about sessions or devices is kept here.
+    """
+
+    def __init__(self, db: Database, clock: Clock, settings: Settings, secrets: Secrets, *,
+                 random: Callable[[int], bytes] = os.urandom,
+                 issuer: Issuer | None = None) -> None:
+        self._db = db
+        self._clock = clock
+        self._settings = settings
+        self._secrets = secrets
+        self._random = random
+        self._issuer = issuer or Issuer(secrets, clock)
+
+    # -- the three steps ---------------------------------------------------------------------
+
+    def hello(self, body: bytes, *, source: str) -> HelloResponse:
+        """Answer ``POST /v1/onboarding/hello``: open a session and return its server nonce."""
+        seen = _Seen("hello", _source(source))
+        try:
+            return self._hello(body, seen)
+        except (TrustError, InputError) as exc:
+            self._refused(seen, exc)
+            raise
+
+    def attest(self, body: bytes, *, source: str) -> AttestResponse:
+        """Answer ``POST /v1/onboarding/attest``: spend the nonce, check, issue the credential."""
+        seen = _Seen("attest", _source(source))
+        try:
+            return self._attest(body, seen)
+        except (TrustError, InputError) as exc:
+            self._refused(seen, exc)
+            raise
+
+    def confirm(self, body: bytes, *, source: str) -> None:
+        """Answer ``POST /v1/onboarding/confirm``: the device proved its new key; make it ACTIVE."""
+        seen = _Seen("confirm", _source(source))
+        try:
+            self._confirm(body, seen)
+        except (TrustError, InputError) as exc:
+            self._refused(seen, exc)
+            raise
+
+    def expire_unconfirmed(self) -> int:
+        """:func:`expire_unconfirmed` with this service's registry, clock and secrets."""
+        return expire_unconfirmed(self._db, self._clock, self._secrets, self._settings)
+
+    # -- hello -------------------------------------------------------------------------------
+
+    def _hello(self, body: bytes, seen: _Seen) -> HelloResponse:
+        now = self._clock.now()
+        parse_error: InputError | None = None
+        req: HelloRequest | None = None
+        try:
+            req = HelloRequest.from_wire(body)
+            seen.serial = req.serial
+        except InputError as exc:
+            parse_error = exc
+        self._admit(seen, now)
+        if parse_error is not None:
+            raise parse_error
+        if req is None:  # parse_error is None exactly when req is set
+            raise RuntimeError("unreachable: no request and no parse error")
+        self._sweep_quietly()
+        maker_name, spki = _claimed_identity(req)
+        with self._db.transaction() as tx:
+            domain = require_domain(tx)
+            config = OnboardingConfig.from_settings(domain.settings)
+            device = None
+            if maker_name is not None:
+                found = tx.find_device(maker_name, req.serial)
+                if found is not None:
+                    seen.device_id = found.id
+                    tx.lock_device(found.id)  # one live session per device, across workers
+                    device = tx.get_device(found.id)
+            decision = check_hello(
+                req, now=now, device=device, manufacturer=_trust(tx, maker_name),
+                voucher=_voucher(tx, device), owner=domain.owner,
+                owner_spki_sha256=_owner_spki(tx),
+                device_by_factory_key=(tx.find_device_by_factory_key(spki)
+                                       if spki is not None else None),
+                open_session_exists=(device is not None
+                                     and tx.live_session_exists(device.id, now)))
+            if decision.device is None:
+                device = self._admit_unsafely(tx, decision, domain, seen, now)
+            else:
+                device = decision.device
+            session = new_session(self._random, now, config.session_ttl_s)
+            seen.session_id = session.record_id
+            tx.open_session(
+                OnboardingSession(
+                    id=session.record_id, device_id=device.id, serial=req.serial,
+                    nonce_sha256=session.nonce_sha256, device_nonce=req.device_nonce.hex(),
+                    expires_at=session.expires_at, state=SessionState.OPEN, source=seen.source,
+                    created_at=session.created_at),
+                factory_spki=_spki_der(decision.factory_public_key),
+                voucher_sha256=decision.voucher_sha256.hex())
+            tx.touch_last_seen(device.id, now)
+            eventlog.record(tx, self._clock, ONBOARDING_STARTED, actor=ACTOR,
+                            device_id=device.id,
+                            data={"session": session.record_id, "serial": req.serial,
+                                  "source": seen.source,
+                                  "expires_at": session.expires_at.isoformat(),
+                                  "unsafe_admission": device.unsafe_admission})
+            return hello_response(decision, session, server_id=domain.server_id)
+
+    def _admit(self, seen: _Seen, now: datetime) -> None:
+        """Apply the rate limits, then count this hello (a refused one is not counted)."""
+        with self._db.transaction() as tx:
+            config = OnboardingConfig.from_settings(require_domain(tx).settings)
+            since = now - timedelta(seconds=config.rate_window_s)
+            if seen.serial is not None and config.rate_per_serial and \
+                    tx.count_onboarding_attempts(since=since, serial=seen.serial) \
+                    >= config.rate_per_serial:
+                raise refuse(r.RATE_LIMITED, "too many onboarding attempts for this serial")
+            if config.rate_per_source and \
+                    tx.count_onboarding_attempts(since=since, source=seen.source) \
+                    >= config.rate_per_source:
+                raise refuse(r.RATE_LIMITED, "too many onboarding attempts from this source")
+            tx.add_onboarding_attempt(seen.serial, seen.source, now)
+
+    def _admit_unsafely(self, tx: Tx, decision: HelloDecision, domain: TrustDomain, seen: _Seen,
+                        now: datetime) -> Device:
+        """Unsafe manufacturer-CA-only trust: create the genuine but unvouched device."""
+        ident = decision.identity
+        device = Device(
+            id=new_device_id(self._random(16)), manufacturer=ident.manufacturer,
+            serial=decision.serial, factory_spki_sha256=ident.spki_sha256,
+            vendor_id=ident.vendor_id, product_id=ident.product_id, owner=domain.owner,
+            state=DeviceState.EXPECTED, created_at=now, updated_at=now,
+            key_storage=KeyStorage.UNKNOWN, unsafe_admission=True)
+        try:
+            tx.add_device(device)
+            tx.record_key(ident.spki_sha256, "factory", device.id, now)
+        except ConflictError as exc:  # a concurrent admission, or a key seen elsewhere
+            raise refuse(r.CLONE_SUSPECTED, "this serial or factory key is already registered",
+                         detail=exc.reason) from exc
+        seen.device_id = device.id
+        eventlog.record(tx, self._clock, ev.DEVICE_EXPECTED, actor=ACTOR, device_id=device.id,
+                        reason="unsafe_manufacturer_trust",
+                        data={"manufacturer": device.manufacturer, "serial": device.serial,
+                              "vendor_product": f"{device.vendor_id}:{device.product_id}",
+                              "factory_spki_sha256": device.factory_spki_sha256,
+                              "source": seen.source})
+        return device
+
+    def _sweep_quietly(self) -> None:
+        """Expire what is overdue before deciding a hello; a failure here refuses no device."""
+        try:
+            self.expire_unconfirmed()
+        except IotrustError as exc:
+            _log.warning("expiring unconfirmed onboarding sessions failed: %s", exc.reason)
+
+    # -- attest ------------------------------------------------------------------------------
+
+    def _attest(self, body: bytes, seen: _Seen) -> AttestResponse:
+        req = AttestRequest.from_wire(body)
+        seen.serial = req.serial
+        sid = session_record_id(req.session_id)
+        now = self._clock.now()
+        with self._db.transaction() as tx:
+            config = OnboardingConfig.from_settings(require_domain(tx).settings)
+            session = _session(tx, sid)
+            if session is not None and session.serial == req.serial:
+                seen.device_id = session.device_id
+                seen.session_id = sid
+            session = precheck_attest(req, session=session, now=now)
+            binding = tx.session_binding(sid)
+            confirm_by = now.replace(microsecond=0) + timedelta(seconds=config.confirm_s)
+            # Spend the nonce and commit *before* any signature is checked: one attest per nonce.
+            consumed = tx.attest_session(sid, nonce_sha256(req.server_nonce), now, confirm_by)
+        seen.consumed = consumed
+        with self._db.transaction() as tx:
+            domain = require_domain(tx)
+            if binding is None or binding.voucher_sha256 is None:
+                raise refuse(r.NONCE_UNKNOWN, "the session was not opened by a hello")
+            decision = check_attest(
+                req, session=session, now=now, server_id=domain.server_id,
+                factory_public_key=_factory_key(binding.factory_spki),
+                voucher_sha256=bytes.fromhex(binding.voucher_sha256),
+                nonce_consumed_ok=consumed, known_key=tx.key_seen)
+            device = tx.get_device(session.device_id)
+            if device.state is DeviceState.RETIRED:
+                raise refuse(r.RETIRED, "this device is retired")
+            lifetime = (timedelta(seconds=tx.get_model(device.model).credential_lifetime_s)
+                        if device.model is not None else DEFAULT_CREDENTIAL_LIFETIME)
+            public_url = domain.settings.get("public_url")
+            crl_url = (f"{public_url.rstrip('/')}/v1/crl/{active_issuing_ca(tx).id}.crl"
+                       if isinstance(public_url, str) and public_url else None)
+            try:
+                issued = self._issuer.issue_for_device(
+                    tx, device_id=device.id, csr=req.csr, lifetime=lifetime, actor=ACTOR,
+                    crl_url=crl_url)
+            except ConflictError as exc:  # the CSR key was recorded concurrently elsewhere
+                raise refuse(r.CLONE_SUSPECTED, "the CSR key was already seen on a device",
+                             detail=exc.reason) from exc
+            if pki.spki_sha256(issued.certificate.public_key()) != decision.csr_spki_sha256:
+                raise RuntimeError("the issuer certified another key than the CSR's")
+            tx.set_session_state(sid, SessionState.ATTESTED, expected=SessionState.ATTESTED,
+                                 credential_serial=issued.credential.serial_number)
+            tx.touch_last_seen(device.id, now)
+            root = pki.load_certificate(root_ca(tx).certificate_pem.encode())
+        return AttestResponse(
+            device_id=device.id,
+            certificate=issued.certificate.public_bytes(Encoding.DER),
+            ca_chain=(pki.load_certificate(issued.ca.certificate_pem.encode())
+                      .public_bytes(Encoding.DER), root.public_bytes(Encoding.DER)),
+            broker=Broker(config.broker_host, config.broker_port), update_root=b"",
+            policy=render_policy(device.id), confirm_by=confirm_by)
+
+    # -- confirm -----------------------------------------------------------------------------
+
+    def _confirm(self, body: bytes, seen: _Seen) -> None:
+        req = ConfirmRequest.from_wire(body)
+        sid = session_record_id(req.session_id)
+        now = self._clock.now()
+        with self._db.transaction() as tx:
+            session = _session(tx, sid)
+            if session is not None and session.device_id == req.device_id:
+                seen.device_id = session.device_id
+                seen.serial = session.serial
+                seen.session_id = sid
+                seen.attested = session.state is SessionState.ATTESTED
+            binding = tx.session_binding(sid)
+            confirm_by = binding.confirm_by if binding is not None else None
+            certificate = None
+            if session is not None and session.credential_serial is not None:
+                cred = tx.get_credential(session.credential_serial)
+                certificate = pki.load_certificate(cred.certificate_pem.encode())
+            if session is not None and session.state is SessionState.ATTESTED and (
+                    certificate is None or confirm_by is None):
+                # attested but nothing was issued (the attest failed after spending the nonce)
+                session = dataclasses.replace(session, state=SessionState.REFUSED)
+            confirmed = (session is not None and session.state is SessionState.ATTESTED
+                         and session.device_id == req.device_id
+                         and tx.confirm_session(sid, now))
+            if certificate is None or confirm_by is None:
+                # Never used: without both the session is not (treated as) attested here, and
+                # the core refuses such a confirm before it looks at the certificate/deadline.
+                certificate = pki.load_certificate(root_ca(tx).certificate_pem.encode())
+                confirm_by = now
+            check_confirm(req, session=session, now=now, confirm_by=confirm_by,
+                          certificate=certificate, confirmed_ok=confirmed)
+            if session is None or session.credential_serial is None:
+                raise RuntimeError("check_confirm accepted a session without a credential")
+            device = tx.get_device(session.device_id)
+            if device.state is DeviceState.RETIRED:
+                raise refuse(r.RETIRED, "this device is retired")
+            try:
+                tx.update_credential_state(session.credential_serial, CredentialState.ACTIVE,
+                                           expected=CredentialState.ISSUED)
+            except ConflictError as exc:  # revoked meanwhile (deadline sweep, operator)
+                raise refuse(r.NONCE_EXPIRED, "the credential of this session was revoked",
+                             detail=exc.reason) from exc
+            try:
+                moved = lifecycle.onboard(device, now)
+                tx.update_device(moved, expected_state=DeviceState.EXPECTED)
+            except ConflictError as exc:
+                raise refuse(r.CLONE_SUSPECTED,
+                             f"the device is already onboarded ({device.state.value})",
+                             detail=exc.reason) from exc
+            tx.touch_last_seen(device.id, now)
+            eventlog.record(tx, self._clock, ev.DEVICE_ONBOARDED, actor=ACTOR,
+                            device_id=device.id,
+                            data={"from": device.state.value, "to": moved.state.value,
+                                  "session": sid, "credential": session.credential_serial,
+                                  "source": seen.source,
+                                  "unsafe_admission": device.unsafe_admission})
+
+    # -- refusals ----------------------------------------------------------------------------
+
+    def _refused(self, seen: _Seen, exc: IotrustError) -> None:
+        """Record a refusal in its own transaction (the refused one was rolled back)."""
+        revoked = False
+        try:
+            with self._db.transaction() as tx:
+                if seen.session_id is not None and seen.consumed:
+                    tx.refuse_session(seen.session_id, expected=SessionState.ATTESTED)
+                if seen.step == "confirm" and seen.attested and seen.session_id is not None \
+                        and exc.reason == r.SIGNATURE_INVALID:
+                    revoked = self._refuse_attested(tx, seen.session_id)
+                data: dict[str, eventlog.JSONValue] = {
+                    "step": seen.step, "serial": seen.serial, "source": seen.source,
+                    "session": seen.session_id, "detail": exc.message[:_MAX_DETAIL]}
+                eventlog.record(tx, self._clock, ev.ONBOARDING_REFUSED, actor=ACTOR,
+                                device_id=seen.device_id, reason=exc.reason, data=data)
+                if exc.reason == r.RETIRED:
+                    eventlog.record(tx, self._clock, ev.ZOMBIE_CONTACT, actor=ACTOR,
+                                    device_id=seen.device_id, reason=r.RETIRED,
+                                    data={"channel": f"onboarding.{seen.step}",
+                                          "serial": seen.serial, "source": seen.source})
+        except IotrustError as failure:  # the device still gets its refusal
+            _log.warning("recording an onboarding refusal failed: %s", failure.reason)
+            return
+        if revoked or (seen.step == "confirm" and exc.reason == r.NONCE_EXPIRED):
+            self._sweep_quietly()
+            if revoked:
+                self._publish_quietly()
+
+    def _refuse_attested(self, tx: Tx, session_id: str) -> bool:
+        """A confirm with the right nonce but a bad signature: end the session and its key."""
+        if not tx.refuse_session(session_id, expected=SessionState.ATTESTED):
+            return False
+        serial = tx.get_session(session_id).credential_serial
+        if serial is None:
+            return False
+        return revoke_credential(tx, self._clock, serial, reason=_UNCONFIRMED_REVOCATION,
+                                 actor=ACTOR)
+
+    def _publish_quietly(self) -> None:
+        try:
+            publish_crls(self._db, self._settings, self._secrets, self._clock, actor=ACTOR)
+        except (IotrustError, OSError) as exc:
+            _log.warning("publishing the CRL after an onboarding refusal failed: %s", exc)
+
+
+def _session(tx: Tx, session_id: str) -> OnboardingSession | None:
+    try:
+        return tx.get_session(session_id)
+    except NotFoundError:
+        return None
+
+
+def _claimed_identity(req: HelloRequest) -> tuple[str | None, str | None]:
+    """The manufacturer and factory key the (not yet verified) leaf certificate claims."""
+    try:
+        ident = pki.read_factory_identity(pki.load_certificate(req.factory_chain[0]))
+    except InputError:
+        return None, None
+    return ident.manufacturer, ident.spki_sha256
+
+
+def _trust(tx: Tx, name: str | None) -> ManufacturerTrust | None:
+    if name is None:
+        return None
+    try:
+        return ManufacturerTrust.from_record(tx.get_manufacturer(name))
+    except NotFoundError:
+        return None
+
+
+def _voucher(tx: Tx, device: Device | None) -> SignedVoucher | None:
+    if device is None:
+        return None
+    stored = tx.get_active_voucher(device.id)
+    if stored is None:
+        return None
+    try:
+        return decode_voucher(stored.raw)
+    except InputError as exc:
+        raise refuse(r.VOUCHER_INVALID, "the stored voucher cannot be decoded",
+                     detail=exc.reason) from exc
+
+
+def expire_unconfirmed(db: Database, clock: Clock, secrets: Secrets, settings: Settings, *,
+                       actor: str = ACTOR, limit: int = 100) -> int:
+    """End sessions whose confirmation deadline passed: revoke their credentials.
+
+    Open sessions past their nonce's expiry are marked expired; each attested session past
+    ``confirm_by`` is marked expired with one conditional update (so concurrent sweeps in several
+    workers expire it once), its issued credential revoked and an ``onboarding.unconfirmed``
+    event recorded, in one transaction. The device stays EXPECTED (only a confirm makes it
+    ACTIVE). The CRL is republished when anything was revoked. Returns how many attested
+    sessions were expired (at most ``limit`` per call).
+    """
+    now = clock.now()
+    with db.transaction() as tx:
+        domain = tx.get_domain()
+        if domain is None:
+            return 0
+        config = OnboardingConfig.from_settings(domain.settings)
+        tx.expire_open_sessions(now)
+        tx.prune_onboarding_attempts(now - timedelta(seconds=config.rate_window_s))
+        overdue = tx.unconfirmed_sessions(now, limit=limit)
+    expired = revoked = 0
+    for session in overdue:
+        with db.transaction() as tx:
+            if not tx.expire_unconfirmed_session(session.id, now):
+                continue  # confirmed or expired meanwhile (another worker)
+            expired += 1
+            was_revoked = False
+            if session.credential_serial is not None:
+                cred = tx.get_credential(session.credential_serial)
+                if cred.state is not CredentialState.REVOKED:
+                    was_revoked = revoke_credential(tx, clock, cred.serial_number,
+                                                    reason=_UNCONFIRMED_REVOCATION, actor=actor)
+            revoked += was_revoked
+            eventlog.record(tx, clock, ONBOARDING_UNCONFIRMED, actor=actor,
+                            device_id=session.device_id, reason="unconfirmed",
+                            data={"session": session.id,
+                                  "credential": session.credential_serial,
+                                  "revoked": was_revoked})
+    if revoked:
+        publish_crls(db, settings, secrets, clock, actor=actor)
+    return expired

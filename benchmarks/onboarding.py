@@ -1,0 +1,383 @@
+"""Onboarding (hello → attest → confirm): in-process through the service layer, and over HTTP.
+
+Devices come from a real supply chain made before the timer starts (``init_factory``, ``mint``,
+vouchers imported into a fresh trust domain); they are driven by the device-side helpers of
+:mod:`iotrust.core.onboarding`.
+
+* ``onboarding`` (in process, SQLite): only the time spent inside the service calls is charged
+  to the server; the device-side work (voucher check, key and CSR, transcript signatures) runs
+  outside that clock. The floor is the cryptography one onboarding cannot avoid, measured in the
+  same run: four ECDSA P-256 verifications (factory certificate under its issuing CA, attest
+  transcript, CSR proof of possession, confirm transcript) and one signature (the certificate).
+* ``onboarding_http``: a real ``iotrust serve --workers N`` subprocess, many simulated devices
+  on threads; devices per second end to end (no floor: the target is an absolute rate).
+
+Both need ``iotrust.services.onboarding``; until it exists they are reported as skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from benchmarks import (
+    ECDSA_SHA256,
+    Config,
+    Result,
+    Skipped,
+    SoftKey,
+    best,
+    per_second,
+    seconds,
+)
+from benchmarks.registry import (
+    ACTOR,
+    MANUFACTURER,
+    PASSPHRASE,
+    PRODUCT_ID,
+    VENDOR_ID,
+    BenchDomain,
+    open_domain,
+)
+from iotrust.adapters.keys.file import DeviceFileKey
+from iotrust.core import onboarding as proto
+from iotrust.core import pki
+from iotrust.ports import SystemClock
+from iotrust.services import factory as factory_service
+from iotrust.services import manufacturers
+from iotrust.services.domain import root_ca
+from iotrust.services.vouchers import import_vouchers
+
+if TYPE_CHECKING:
+    from iotrust.services.onboarding import OnboardingService
+
+#: ECDSA work the server cannot avoid per onboarded device.
+FLOOR_VERIFICATIONS = 4
+FLOOR_SIGNATURES = 1
+TARGET_RATIO = 0.60
+TARGET_HTTP_RATE = 1_000.0
+
+
+def missing_service() -> str | None:
+    """Why the in-process onboarding benchmark cannot run (``None`` if it can)."""
+    if importlib.util.find_spec("iotrust.services.onboarding") is None:
+        return "iotrust.services.onboarding does not exist yet"
+    return None
+
+
+def missing_http() -> str | None:
+    """Why the HTTP onboarding benchmark cannot run (``None`` if it can)."""
+    if importlib.util.find_spec("iotrust.api.onboarding") is None:
+        return "iotrust.api.onboarding (the HTTP routes) does not exist yet"
+    return None
+
+
+def onboarding_floor_rate(n: int, message_len: int = 512) -> float:
+    """Onboardings per second if the server did nothing but the unavoidable ECDSA work."""
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(FLOOR_VERIFICATIONS)]
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    messages = [os.urandom(message_len) for _ in keys]
+    checks = [(k.public_key(), k.sign(m, ECDSA_SHA256), m) for k, m in zip(keys, messages,
+                                                                           strict=True)]
+    tbs = os.urandom(message_len)
+
+    def work() -> None:
+        for _ in range(n):
+            for public, signature, message in checks:
+                public.verify(signature, message, ECDSA_SHA256)
+            ca_key.sign(tbs, ECDSA_SHA256)
+
+    return per_second(n, seconds(work))
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedDevice:
+    """A minted device as the agent would hold it, plus its next operational key and CSR."""
+
+    serial: str
+    factory_chain: tuple[bytes, ...]
+    factory_key: DeviceFileKey
+    operational_key: SoftKey
+    csr_der: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """A trust domain expecting ``devices`` (vouchers imported) and the devices' anchors."""
+
+    domain: BenchDomain
+    devices: list[SimulatedDevice]
+    anchors: tuple[x509.Certificate, ...]
+
+
+def prepare_fleet(base: Path, count: int, *, settings: dict[str, object] | None = None) -> Fleet:
+    """Mint ``count`` devices, make a trust domain in ``base`` and import their vouchers."""
+    clock = SystemClock()
+    made = factory_service.init_factory(base / "factory", clock, name=MANUFACTURER,
+                                        vendor_id=VENDOR_ID, product_id=PRODUCT_ID,
+                                        passphrase=PASSPHRASE)
+    minted = factory_service.mint(made, clock, count, passphrase=PASSPHRASE)
+    domain = open_domain(base / "data", clock=clock)
+    if settings:
+        with domain.db.transaction() as tx:
+            current = tx.get_domain()
+            if current is None:
+                raise RuntimeError("the bench domain vanished")
+            tx.update_domain(replace(current, settings={**current.settings, **settings}))
+    manufacturers.add_manufacturer(
+        domain.db, clock, name=MANUFACTURER,
+        anchors_pem=made.root.public_bytes(serialization.Encoding.PEM),
+        allowed=[f"{VENDOR_ID}:{PRODUCT_ID}"], actor=ACTOR)
+    with domain.db.transaction(readonly=True) as tx:
+        owner_root = root_ca(tx).certificate_pem.encode()
+    vouchers = factory_service.write_vouchers(made, clock, [m.folder for m in minted],
+                                              owner=domain.owner, owner_root_pem=owner_root,
+                                              passphrase=PASSPHRASE)
+    report = import_vouchers(domain.db, clock, vouchers, actor=ACTOR)
+    if len(report.imported) != count:
+        raise RuntimeError(f"voucher import refused some devices: {report.refused[:3]}")
+    issuing_der = made.issuing.public_bytes(serialization.Encoding.DER)
+    devices = []
+    for m in minted:
+        leaf = pki.load_certificate((m.folder / "factory.crt.pem").read_bytes())
+        operational = SoftKey()
+        devices.append(SimulatedDevice(
+            serial=m.serial,
+            factory_chain=(leaf.public_bytes(serialization.Encoding.DER), issuing_der),
+            factory_key=DeviceFileKey.load(m.folder / "factory.key.pem"),
+            operational_key=operational,
+            csr_der=pki.build_csr(operational).public_bytes(serialization.Encoding.DER)))
+    return Fleet(domain=domain, devices=devices, anchors=(made.root,))
+
+
+def _onboard_in_process(service: OnboardingService, fleet: Fleet,
+                        devices: list[SimulatedDevice]) -> tuple[float, float]:
+    """Onboard ``devices`` one after the other; return (server seconds, wall seconds)."""
+    clock = time.perf_counter
+    server = 0.0
+    wall_start = clock()
+    for index, device in enumerate(devices):
+        source = f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}"
+        hello = proto.build_hello(serial=device.serial, factory_chain=device.factory_chain,
+                                  random=os.urandom)
+        body = hello.to_wire()
+        t0 = clock()
+        answer = service.hello(body, source=source).to_wire()
+        server += clock() - t0
+        session = proto.accept_hello_response(proto.HelloResponse.from_wire(answer), hello=hello,
+                                              manufacturer_anchors=fleet.anchors,
+                                              now=datetime.now(UTC))
+        body = proto.build_attest(session, factory_signer=device.factory_key,
+                                  csr_der=device.csr_der).to_wire()
+        t0 = clock()
+        answer = service.attest(body, source=source).to_wire()
+        server += clock() - t0
+        onboarded = proto.accept_attest_response(
+            proto.AttestResponse.from_wire(answer), session=session,
+            csr_public_key=device.operational_key.public_key, now=datetime.now(UTC))
+        body = proto.build_confirm(session, onboarded,
+                                   operational_signer=device.operational_key).to_wire()
+        t0 = clock()
+        service.confirm(body, source=source)
+        server += clock() - t0
+    return server, clock() - wall_start
+
+
+def bench_onboarding(config: Config) -> list[Result]:
+    """Devices onboarded per second through the service layer, next to the crypto floor."""
+    from iotrust.services.onboarding import OnboardingService  # noqa: PLC0415 - may be missing
+
+    n = config.pick(1_000, 200)
+    with tempfile.TemporaryDirectory(prefix="iotrust-bench-") as tmp:
+        fleet = prepare_fleet(Path(tmp), n * config.rounds + 1)
+        domain = fleet.domain
+        try:
+            service = OnboardingService(domain.db, domain.clock, domain.settings,
+                                        domain.secrets)
+            _onboard_in_process(service, fleet, fleet.devices[-1:])  # open the CA key once
+            ours: list[float] = []
+            end_to_end: list[float] = []
+            floor: list[float] = []
+            for r in range(config.rounds):
+                batch = fleet.devices[r * n:(r + 1) * n]
+                floor.append(onboarding_floor_rate(n))
+                server_s, wall_s = _onboard_in_process(service, fleet, batch)
+                ours.append(per_second(n, server_s))
+                end_to_end.append(per_second(n, wall_s))
+            with domain.db.transaction(readonly=True) as tx:
+                states = {s.value: c for s, c in tx.count_devices_by_state().items()}
+        finally:
+            domain.db.close()
+    if states.get("active") != n * config.rounds + 1:
+        raise RuntimeError(f"not every device ended ACTIVE: {states}")
+    return [Result(
+        name="onboarding", rate=best(ours), n=n,
+        floor=f"{FLOOR_VERIFICATIONS} ECDSA verify + {FLOOR_SIGNATURES} sign",
+        floor_rate=best(floor), target=TARGET_RATIO,
+        note=f"server time only; with the device-side work in the same thread "
+             f"{best(end_to_end):,.0f} devices/s",
+        details={"rounds_per_s": ours, "floor_rounds_per_s": floor,
+                 "end_to_end_rounds_per_s": end_to_end,
+                 "what": "OnboardingService hello+attest+confirm on SQLite, responses "
+                         "serialised; device helpers run outside the server clock"})]
+
+
+def _lean_session(hello: proto.HelloRequest, resp: proto.HelloResponse) -> proto.DeviceSession:
+    """The device's session without re-verifying the voucher (the load generator's shortcut)."""
+    return proto.DeviceSession(
+        serial=hello.serial, device_nonce=hello.device_nonce, session_id=resp.session_id,
+        server_nonce=resp.server_nonce, server_id=resp.server_id, expires_at=resp.expires_at,
+        voucher_sha256=hashlib.sha256(resp.voucher).digest(), owner="unchecked",
+        owner_spki_sha256="0" * 64)
+
+
+def _lean_onboarded(resp: proto.AttestResponse) -> proto.Onboarded:
+    """The credential as received, without the device's chain check (load generator only)."""
+    cert = x509.load_der_x509_certificate(resp.certificate)
+    return proto.Onboarded(device_id=resp.device_id, certificate=cert,
+                           certificate_der=resp.certificate, ca_chain=(), broker=resp.broker,
+                           update_root=resp.update_root, policy=resp.policy,
+                           confirm_by=resp.confirm_by)
+
+
+def _post(client: httpx.Client, path: str, body: bytes) -> bytes:
+    reply = client.post(path, content=body, headers={"content-type": "application/json"})
+    if reply.status_code >= 300:
+        raise RuntimeError(f"{path}: HTTP {reply.status_code} {reply.text[:200]}")
+    return reply.content
+
+
+def _onboard_over_http(client: httpx.Client, device: SimulatedDevice) -> None:
+    hello = proto.build_hello(serial=device.serial, factory_chain=device.factory_chain,
+                              random=os.urandom)
+    answer = _post(client, "/v1/onboarding/hello", hello.to_wire())
+    session = _lean_session(hello, proto.HelloResponse.from_wire(answer))
+    attest = proto.build_attest(session, factory_signer=device.factory_key,
+                                csr_der=device.csr_der)
+    answer = _post(client, "/v1/onboarding/attest", attest.to_wire())
+    onboarded = _lean_onboarded(proto.AttestResponse.from_wire(answer))
+    confirm = proto.build_confirm(session, onboarded, operational_signer=device.operational_key)
+    _post(client, "/v1/onboarding/confirm", confirm.to_wire())
+
+
+def _drive(base_url: str, devices: list[SimulatedDevice], threads: int) -> float:
+    """Onboard ``devices`` from ``threads`` threads (one keep-alive client each); seconds."""
+    pending = iter(devices)
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        with httpx.Client(base_url=base_url, timeout=60.0) as client:
+            while True:
+                with lock:
+                    device = next(pending, None)
+                if device is None or failures:
+                    return
+                try:
+                    _onboard_over_http(client, device)
+                except Exception as exc:  # noqa: BLE001 - reported after the run
+                    failures.append(exc)
+                    return
+
+    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    start = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise RuntimeError(f"onboarding over HTTP failed: {failures[0]}") from failures[0]
+    return elapsed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serve(data_dir: Path, workers: int) -> Iterator[str]:
+    """``iotrust serve --workers N`` on a free local port; yields its base URL."""
+    port = _free_port()
+    env = {**os.environ, "IOTRUST_DATA": str(data_dir),
+           "IOTRUST_PASSPHRASE": PASSPHRASE.decode()}
+    for name in ("IOTRUST_DATABASE_URL", "IOTRUST_PASSPHRASE_FILE"):
+        env.pop(name, None)
+    log = data_dir / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iotrust.cli.main", "serve", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", str(workers)],
+            env=env, stdout=sink, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"iotrust serve exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{base_url}/v1/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"iotrust serve did not come up: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def bench_onboarding_http(config: Config) -> list[Result]:
+    """Devices onboarded per second against ``iotrust serve --workers N`` over HTTP."""
+    n = config.pick(1_000, 200)
+    threads = min(32, max(1, n))
+    with tempfile.TemporaryDirectory(prefix="iotrust-bench-") as tmp:
+        # Every simulated device connects from 127.0.0.1: the per-source limit is switched off
+        # (the per-serial limit stays on).
+        fleet = prepare_fleet(Path(tmp), n * config.rounds + threads,
+                              settings={"onboarding_rate_per_source": 0})
+        fleet.domain.db.close()
+        with serve(fleet.domain.settings.data_dir, config.http_workers) as base_url:
+            probe = httpx.post(f"{base_url}/v1/onboarding/hello", content=b"{}", timeout=10.0)
+            if probe.status_code in {404, 405}:
+                raise Skipped("the server has no /v1/onboarding routes")
+            _drive(base_url, fleet.devices[-threads:], threads)  # warm every worker
+            rates = []
+            for r in range(config.rounds):
+                batch = fleet.devices[r * n:(r + 1) * n]
+                rates.append(per_second(n, _drive(base_url, batch, threads)))
+    return [Result(
+        name="onboarding_http", rate=best(rates), n=n, target=TARGET_HTTP_RATE,
+        note=f"iotrust serve --workers {config.http_workers}, {threads} device threads in one "
+             f"process on the same machine ({os.cpu_count()} CPUs), plain HTTP, SQLite",
+        details={"rounds_per_s": rates, "workers": config.http_workers, "threads": threads,
+                 "what": "hello+attest+confirm over HTTP; the load generator skips the device's "
+                         "own voucher and chain checks (measured in the in-process line)"})]

@@ -13,7 +13,7 @@ venv:
 
 run: venv
 	@scripts/system-deps.sh run
-	.venv/bin/iotrust run --data $(DATA) --host $(HOST) --port $(PORT)
+	.venv/bin/iotrust --data $(DATA) run --host $(HOST) --port $(PORT)
 
 lint: venv
 	.venv/bin/ruff check src tests benchmarks scripts

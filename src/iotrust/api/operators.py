@@ -3,9 +3,10 @@
 Every route depends on a bearer token with the permission it names (``read`` for auditors,
 ``write`` for operators, ``admin`` for administrators). Handlers only translate between HTTP and
 the services.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI evaluates the route closures'
+annotations (``Reader``, ``Writer``) at runtime, and local names are only visible to it then.
+"""
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -40,7 +41,7 @@ class DeviceOut(BaseModel):
     updated_at: str
 
     @classmethod
-    def of(cls, d: Device) -> DeviceOut:
+    def of(cls, d: Device) -> "DeviceOut":
         """Convert a core device."""
         return cls(id=d.id, manufacturer=d.manufacturer, serial=d.serial, state=d.state.value,
                    retired_reason=d.retired_reason.value if d.retired_reason else None,
@@ -100,7 +101,8 @@ class EventOut(BaseModel):
 
 
 def router(  # noqa: C901 - one closure per route, each trivial
-    state: AppState, require: Callable[[str], Callable[..., ApiToken]]
+    state: "AppState",
+    require: Callable[[str], Callable[..., ApiToken]],
 ) -> APIRouter:
     """The operator routes bound to ``state``."""
     r = APIRouter(prefix="/v1", tags=["operators"])
@@ -110,7 +112,7 @@ def router(  # noqa: C901 - one closure per route, each trivial
     def actor(token: ApiToken) -> str:
         return f"{token.name}@api"
 
-    @r.get("/devices", response_model=DevicePage)
+    @r.get("/devices")
     def list_devices(_: Reader, state_: Annotated[str | None, Query(alias="state")] = None,
                      manufacturer: str | None = None,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -120,22 +122,22 @@ def router(  # noqa: C901 - one closure per route, each trivial
         nxt = rows[-1].id if len(rows) == limit else None
         return DevicePage(items=[DeviceOut.of(d) for d in rows], next=nxt)
 
-    @r.get("/devices/{device_id}", response_model=DeviceOut)
+    @r.get("/devices/{device_id}")
     def get_device(_: Reader, device_id: str) -> DeviceOut:
         return DeviceOut.of(devices.show(state.db, device_id, events=0).device)
 
-    @r.post("/devices/{device_id}/quarantine", response_model=DeviceOut)
+    @r.post("/devices/{device_id}/quarantine")
     def quarantine(token: Writer, device_id: str,
                    body: Annotated[QuarantineIn | None, Body()] = None) -> DeviceOut:
         reason = body.reason if body else "operator"
         return DeviceOut.of(devices.quarantine(state.db, state.clock, device_id,
                                                actor=actor(token), reason=reason))
 
-    @r.post("/devices/{device_id}/release", response_model=DeviceOut)
+    @r.post("/devices/{device_id}/release")
     def release(token: Writer, device_id: str) -> DeviceOut:
         return DeviceOut.of(devices.release(state.db, state.clock, device_id, actor=actor(token)))
 
-    @r.post("/devices/{device_id}/retire", response_model=DeviceOut)
+    @r.post("/devices/{device_id}/retire")
     def retire(token: Writer, device_id: str, body: RetireIn) -> DeviceOut:
         d = devices.retire(state.db, state.clock, device_id, body.reason, actor=actor(token))
         credentials.publish_crls(state.db, state.settings, state.secrets, state.clock,
@@ -158,7 +160,7 @@ def router(  # noqa: C901 - one closure per route, each trivial
             unsafe_manufacturer_trust=body.unsafe_manufacturer_trust)
         return {"name": m.name, "allowed": m.allowed}
 
-    @r.post("/vouchers", response_model=ImportOut)
+    @r.post("/vouchers")
     def import_vouchers(token: Writer,
                         body: Annotated[list[str], Body(max_length=10_000)]) -> ImportOut:
         report = voucher_svc.import_vouchers(state.db, state.clock,
@@ -167,7 +169,7 @@ def router(  # noqa: C901 - one closure per route, each trivial
                          refused=[{"index": i, "reason": rs, "detail": d}
                                   for i, rs, d in report.refused])
 
-    @r.get("/events", response_model=list[EventOut])
+    @r.get("/events")
     def list_events(_: Reader, after: Annotated[int, Query(ge=0)] = 0,
                     device_id: Annotated[str | None, Query(max_length=64)] = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[EventOut]:

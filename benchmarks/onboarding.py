@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks import (
     ECDSA_SHA256,
@@ -91,8 +92,6 @@ def missing_http() -> str | None:
 
 def onboarding_floor_rate(n: int, message_len: int = 512) -> float:
     """Onboardings per second if the server did nothing but the unavoidable ECDSA work."""
-    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
-
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(FLOOR_VERIFICATIONS)]
     ca_key = ec.generate_private_key(ec.SECP256R1())
     messages = [os.urandom(message_len) for _ in keys]

@@ -5,6 +5,8 @@ Adapters implement these; tests implement them with simulators. Nothing here doe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
@@ -75,4 +77,44 @@ class HasPrivateKey(Protocol):
     @property
     def private_key(self) -> ec.EllipticCurvePrivateKey:
         """The in-process private key."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TopicAccess:
+    """What one broker user may do.
+
+    ``rules`` are ``(action, topic filter)`` pairs, action ``publish`` or ``subscribe``;
+    ``None`` means nothing at all (retired, expected, no policy).
+    """
+
+    username: str
+    rules: tuple[tuple[str, str], ...] | None
+
+
+class BrokerControl(Protocol):
+    """The MQTT broker as the services see it (Mosquitto embedded; EMQX at scale).
+
+    Each method either takes effect or raises an :class:`~iotrust.errors.IotrustError`
+    (``BackendError`` when the broker cannot be reached).
+    """
+
+    def apply_policies(self, entries: Iterable[TopicAccess], *, default: TopicAccess) -> None:
+        """Replace the broker's access rules and apply them to live sessions.
+
+        ``default`` is the default policy rendered for the placeholder device id
+        ``default.username``; ``entries`` lists every device and service. Nobody is disconnected.
+        """
+        ...
+
+    def install_crl(self, pem: bytes) -> None:
+        """Install a verified CRL bundle for new handshakes; refuse anything unverifiable."""
+        ...
+
+    def kick(self, username: str) -> None:
+        """Disconnect every live session of ``username`` (it may reconnect with its new rights)."""
+        ...
+
+    def reload(self) -> None:
+        """Make the broker re-read its access rules and CRL."""
         ...

@@ -1,4 +1,4 @@
-"""The operator API through the real FastAPI app on a real SQLite registry: tokens, roles, errors."""
+"""The operator API through the real app on a real SQLite registry: tokens, roles, errors."""
 
 from __future__ import annotations
 

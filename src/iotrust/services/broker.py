@@ -1,0 +1,315 @@
+"""Keeping the MQTT broker in step with the registry, and containment with live effect.
+
+* :func:`configure` (``iotrust broker config``/``run``): the broker's service certificate
+  (``broker@iotrust``, issued by the active issuing CA), the trusted CAs, a verified CRL, the ACL
+  generated from every device's effective policy. The registry is the source of truth: all of it
+  is regenerated on every start.
+* :func:`quarantine`, :func:`release`, :func:`retire`: the lifecycle transition and its event
+  commit first (one transaction, :mod:`services.devices`); then the broker effects run (rules,
+  reload, kick, and for retirement the CRL) and their times are measured and returned.
+* :func:`refresh_crl_if_due`: re-sign the CRL well before its nextUpdate (a CRL past it locks out
+  every device).
+
+Services reach the broker only through :class:`~iotrust.ports.BrokerControl`; which broker runs
+(the embedded Mosquitto here) is chosen by :func:`open_broker`. This module does not parse MQTT
+or run the broker process itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from iotrust.adapters.mqtt.mosquitto import (
+    BrokerLayout,
+    BrokerSettings,
+    MosquittoBroker,
+    verify_crl_bundle,
+)
+from iotrust.adapters.sql.store import Database
+from iotrust.core import pki
+from iotrust.core.lifecycle import Device, DeviceState, RetirementReason
+from iotrust.core.policy import DEFAULT_POLICY, Policy, effective_policy, render
+from iotrust.errors import BackendError, IotrustError
+from iotrust.ports import BrokerControl, Clock, TopicAccess
+from iotrust.services import credentials, devices
+from iotrust.services.credentials import Issuer
+from iotrust.services.domain import Secrets, active_issuing_ca
+from iotrust.services.settings import Settings
+
+BROKER_SERVICE_NAME = "broker@iotrust"
+BROKER_CERT_LIFETIME = timedelta(days=90)
+BROKER_CERT_RENEW_BEFORE = timedelta(days=30)
+#: Re-sign the CRL when less than this is left (CRLs are published for 7 days).
+CRL_REFRESH_THRESHOLD = timedelta(days=3)
+#: The placeholder device id the default policy is rendered for (pattern ``%u``).
+PLACEHOLDER_DEVICE = "dev-" + "a" * 26
+_PAGE = 10_000
+
+
+def broker_dir(settings: Settings) -> Path:
+    """Where the embedded broker's files live: ``DATA/broker``."""
+    return settings.data_dir / "broker"
+
+
+def open_broker(settings: Settings, clock: Clock, **kwargs: Any) -> MosquittoBroker | None:  # noqa: ANN401
+    """The broker configured for this data folder, or ``None`` if there is none."""
+    root = broker_dir(settings)
+    if not (root / "broker.json").exists():
+        return None
+    return MosquittoBroker.load(root, clock, **kwargs)
+
+
+def _rules(policy: Policy | None, device_id: str) -> tuple[tuple[str, str], ...] | None:
+    if policy is None:
+        return None
+    return tuple((r.action.value, r.topic) for r in render(policy, device_id))
+
+
+def default_access() -> TopicAccess:
+    """The default policy rendered for the placeholder device id."""
+    return TopicAccess(PLACEHOLDER_DEVICE, _rules(DEFAULT_POLICY, PLACEHOLDER_DEVICE))
+
+
+def _iter_devices(db: Database) -> Iterator[Device]:
+    after: str | None = None
+    while True:
+        with db.transaction(readonly=True) as tx:
+            page = tx.list_devices(limit=_PAGE, after_id=after)
+        yield from page
+        if len(page) < _PAGE:
+            return
+        after = page[-1].id
+
+
+def access_entries(db: Database) -> list[TopicAccess]:
+    """Every device's effective access, from the registry."""
+    # Temporary: a plain top-level import once services/policies.py lands (written concurrently).
+    policy_svc = importlib.import_module("iotrust.services.policies")
+
+    entries = []
+    for device in _iter_devices(db):
+        assigned = policy_svc.resolve(db, device.id) if device.state is DeviceState.ACTIVE else None
+        entries.append(TopicAccess(device.id, _rules(effective_policy(device.state, assigned),
+                                                     device.id)))
+    return entries
+
+
+def sync(db: Database, broker: BrokerControl) -> None:
+    """Regenerate the broker's rules from the registry and apply them to live sessions."""
+    broker.apply_policies(access_entries(db), default=default_access())
+
+
+@dataclass(slots=True)
+class Containment:
+    """What a containment action did and how long each step took (milliseconds)."""
+
+    device: Device
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    broker: str = "none"  # none (no broker configured) | applied | not_running
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the CLI and the API."""
+        return {"device": self.device.id, "state": self.device.state.value,
+                "broker": self.broker,
+                "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()}}
+
+
+class _Stopwatch:
+    def __init__(self, timings: dict[str, float]) -> None:
+        self._timings = timings
+        self._start = time.perf_counter()
+        self._last = self._start
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self._timings[name] = (now - self._last) * 1000
+        self._last = now
+
+    def total(self) -> None:
+        self._timings["total"] = (time.perf_counter() - self._start) * 1000
+
+
+def _effects(result: Containment, watch: _Stopwatch,
+             steps: Sequence[tuple[str, Callable[[], None]]]) -> None:
+    """Run broker ``steps`` after the commit; a stopped broker picks the files up at start."""
+    try:
+        for name, step in steps:
+            step()
+            watch.lap(name)
+        result.broker = "applied"
+    except BackendError as exc:
+        if exc.reason != "broker_not_running":
+            raise
+        result.broker = "not_running"
+    watch.total()
+
+
+def quarantine(db: Database, clock: Clock, broker: BrokerControl | None, device_id: str, *,
+               actor: str, reason: str = "operator") -> Containment:
+    """ACTIVE → QUARANTINED, then: new rules to live sessions (reload), kick the device."""
+    return _contain(db, broker, device_id, lambda: devices.quarantine(
+        db, clock, device_id, actor=actor, reason=reason))
+
+
+def release(db: Database, clock: Clock, broker: BrokerControl | None, device_id: str, *,
+            actor: str) -> Containment:
+    """QUARANTINED → ACTIVE, then: normal rules back (reload), kick so it reconnects with them."""
+    return _contain(db, broker, device_id, lambda: devices.release(
+        db, clock, device_id, actor=actor))
+
+
+def _contain(db: Database, broker: BrokerControl | None, device_id: str,
+             transition: Callable[[], Device]) -> Containment:
+    timings: dict[str, float] = {}
+    watch = _Stopwatch(timings)
+    result = Containment(device=transition(), timings_ms=timings)
+    watch.lap("transition")
+    if broker is None:
+        watch.total()
+        return result
+    _effects(result, watch, [
+        ("rules", lambda: broker.apply_policies(access_entries(db), default=default_access())),
+        ("kick", lambda: broker.kick(device_id)),
+    ])
+    return result
+
+
+def retire(db: Database, settings: Settings, secrets: Secrets, clock: Clock, device_id: str, *,
+           broker: BrokerControl | None, reason: RetirementReason, actor: str) -> Containment:
+    """Retire (credentials revoked), publish the CRL, install it in the broker, deny, kick."""
+    timings: dict[str, float] = {}
+    watch = _Stopwatch(timings)
+    result = Containment(device=devices.retire(db, clock, device_id, reason, actor=actor),
+                         timings_ms=timings)
+    watch.lap("transition")
+    credentials.publish_crls(db, settings, secrets, clock, actor=actor)
+    watch.lap("crl_publish")
+    if broker is None:
+        watch.total()
+        return result
+    crl = (settings.crl_dir / "all.crl.pem").read_bytes()
+    _effects(result, watch, [
+        ("crl_install", lambda: broker.install_crl(crl)),
+        ("rules", lambda: broker.apply_policies(access_entries(db), default=default_access())),
+        ("kick", lambda: broker.kick(device_id)),
+    ])
+    return result
+
+
+def _crl_ok(pem: bytes | None, ca_pem: bytes, clock: Clock, threshold: timedelta) -> bool:
+    if not pem:
+        return False
+    try:
+        verify_crl_bundle(pem, ca_pem, clock, threshold)
+    except IotrustError:
+        return False
+    return True
+
+
+def refresh_crl_if_due(db: Database, settings: Settings, secrets: Secrets, clock: Clock,
+                       broker: MosquittoBroker, *,
+                       threshold: timedelta = CRL_REFRESH_THRESHOLD) -> bool:
+    """Re-sign the CRLs if the published or installed ones expire within ``threshold``.
+
+    Installs the published CRL in the broker when it differs from the installed one (and reloads
+    a running broker). Returns whether a new CRL was signed.
+    """
+    published_path = settings.crl_dir / "all.crl.pem"
+    ca_pem = broker.layout.ca.read_bytes()
+    published = published_path.read_bytes() if published_path.exists() else None
+    installed = broker.layout.crl.read_bytes() if broker.layout.crl.exists() else None
+    due = not (_crl_ok(published, ca_pem, clock, threshold)
+               and _crl_ok(installed, ca_pem, clock, threshold))
+    if due and _crl_ok(published, ca_pem, clock, threshold):
+        due = False  # only the installed copy is stale: install, no need to re-sign
+    if due:
+        credentials.publish_crls(db, settings, secrets, clock, actor=BROKER_SERVICE_NAME)
+        published = published_path.read_bytes()
+    if published is not None and published != installed:
+        broker.write_crl(published)
+        if broker.running():
+            broker.reload()
+    return due
+
+
+def issue_service_certificate(db: Database, secrets: Secrets, clock: Clock, *, name: str,
+                              public_key: object, lifetime: timedelta = BROKER_CERT_LIFETIME,
+                              dns_names: Sequence[str] = (), ip_addresses: Sequence[str] = (),
+                              ) -> tuple[x509.Certificate, bytes]:
+    """A service certificate (``name`` contains ``@``) from the active issuing CA.
+
+    Returns the certificate and the PEM chain (leaf, issuing CA).
+    """
+    with db.transaction(readonly=True) as tx:
+        ca = active_issuing_ca(tx)
+    ctx = Issuer(secrets, clock).context(ca)
+    now = clock.now()
+    cert = ctx.issue_service(service_name=name, public_key=public_key,  # type: ignore[arg-type]
+                             serial_number=pki.new_serial_number(os.urandom(20)),
+                             not_before=now - timedelta(minutes=5), lifetime=lifetime,
+                             dns_names=dns_names, ip_addresses=ip_addresses)
+    chain = cert.public_bytes(serialization.Encoding.PEM) + ca.certificate_pem.encode()
+    return cert, chain
+
+
+def ca_bundle(db: Database) -> bytes:
+    """Every non-retired CA certificate of the trust domain (what the broker trusts)."""
+    with db.transaction(readonly=True) as tx:
+        return "".join(c.certificate_pem for c in tx.list_cas() if c.state != "retired").encode()
+
+
+def configure(db: Database, settings: Settings, secrets: Secrets, clock: Clock, *,
+              broker_settings: BrokerSettings | None = None, names: Sequence[str] = (),
+              renew_certificate: bool = False) -> MosquittoBroker:
+    """Write the complete broker configuration for this data folder from the registry.
+
+    ``broker_settings`` replaces the stored settings (ports, bind address, service grants);
+    ``None`` keeps them (or uses the defaults). ``names`` are extra DNS names/IP addresses for
+    the server certificate (``localhost`` and ``127.0.0.1`` are always in it).
+    """
+    root = broker_dir(settings)
+    if broker_settings is None:
+        existing = open_broker(settings, clock)
+        broker_settings = existing.settings if existing else BrokerSettings()
+    if broker_settings.run_as_root is False and hasattr(os, "geteuid") and os.geteuid() == 0:
+        import dataclasses  # noqa: PLC0415
+
+        broker_settings = dataclasses.replace(broker_settings, run_as_root=True)
+    broker = MosquittoBroker(BrokerLayout(root), broker_settings, clock)
+    broker.prepare()
+    current = broker.server_certificate()
+    cas = ca_bundle(db)
+    public_key = broker.server_public_key(renew=renew_certificate)
+    if (renew_certificate or current is None or current.public_key() != public_key
+            or current.not_valid_after_utc - clock.now() < BROKER_CERT_RENEW_BEFORE):
+        dns = ["localhost", *(n for n in names if not _is_ip(n))]
+        ips = ["127.0.0.1", *(n for n in names if _is_ip(n))]
+        _, chain = issue_service_certificate(db, secrets, clock, name=BROKER_SERVICE_NAME,
+                                             public_key=public_key, dns_names=dns,
+                                             ip_addresses=ips)
+        broker.install_server_certificate(chain, cas)
+    else:
+        broker.install_server_certificate(broker.layout.cert.read_bytes(), cas)
+    refresh_crl_if_due(db, settings, secrets, clock, broker)
+    broker.write_acl(access_entries(db), default=default_access())
+    return broker
+
+
+def _is_ip(name: str) -> bool:
+    import ipaddress  # noqa: PLC0415
+
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from iotrust.cli import factory as factory_cli
+from iotrust.cli import hw as hw_cli
 from iotrust.cli.common import STATE, emit, emit_object, err, errors, out, progress
 from iotrust.core.events import format_anchor, parse_anchor
 from iotrust.core.lifecycle import RetirementReason
@@ -26,6 +27,8 @@ from iotrust.services.files import write_atomic
 app = typer.Typer(help="iotrust: keep an IoT fleet trustworthy from factory to retirement.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(factory_cli.app, name="factory")
+app.add_typer(hw_cli.app, name="hw")
+app.add_typer(hw_cli.model_app, name="model")
 manufacturer_app = typer.Typer(help="Manufacturers we trust.", no_args_is_help=True)
 voucher_app = typer.Typer(help="Vouchers: which devices are expected.", no_args_is_help=True)
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)

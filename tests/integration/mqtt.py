@@ -98,6 +98,8 @@ class Identity:
 class Testbed:
     """A trust domain with devices and (when running) its broker."""
 
+    __test__ = False
+
     fleet: Fleet
     devices: list[Identity]
     ingest: Identity

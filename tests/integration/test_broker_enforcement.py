@@ -9,12 +9,14 @@ from datetime import timedelta
 import pytest
 from tests.integration.mqtt import NOT_AUTHORIZED, build_testbed, foreign_identity
 
+from iotrust.adapters.keys.file import DeviceFileKey
 from iotrust.adapters.mqtt.mosquitto import ADMIN_USERNAME
 from iotrust.core import pki
 from iotrust.core.lifecycle import RetirementReason
 from iotrust.errors import InputError
 from iotrust.ports import TopicAccess
 from iotrust.services import broker as broker_svc
+from iotrust.services.domain import active_issuing_ca
 
 pytestmark = pytest.mark.mqtt
 
@@ -72,7 +74,8 @@ def test_a_deny_in_a_user_block_overrides_the_pattern_allow_on_live_sessions(tb)
     tb.broker.apply_policies(entries, default=broker_svc.default_access())
     assert f"user {victim.name}\ntopic deny #" in tb.broker.layout.acl.read_text()
     assert c.wait(lambda: c.publish(f"devices/{victim.name}/telemetry") == NOT_AUTHORIZED, 3)
-    assert c.connected and c.disconnects == []
+    assert c.connected
+    assert c.disconnects == []
     db = tb.db()
     try:
         broker_svc.sync(db, tb.broker)
@@ -131,15 +134,10 @@ def test_disable_client_does_not_contain_a_certificate_device_kick_plus_rules_do
 
 
 def test_admin_name_cannot_be_a_device_certificate_and_admin_listener_is_loopback(tb):
-    ctx_key = tb.devices[0]
-    from iotrust.adapters.keys.file import DeviceFileKey
-
-    key = DeviceFileKey.load(ctx_key.key)
+    key = DeviceFileKey.load(tb.devices[0].key)
     db = tb.db()
     try:
         with db.transaction() as tx:
-            from iotrust.services.domain import active_issuing_ca
-
             ca = active_issuing_ca(tx)
     finally:
         db.close()

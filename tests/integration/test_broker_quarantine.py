@@ -14,7 +14,7 @@ from iotrust.services import broker as broker_svc
 pytestmark = pytest.mark.mqtt
 
 
-def test_quarantine_cuts_one_session_keeps_the_others_and_release_restores(tmp_path):
+def test_quarantine_cuts_one_session_keeps_the_others_and_release_restores(tmp_path):  # noqa: PLR0915 - one scenario, told in order
     tb = build_testbed(tmp_path, devices=4)
     with tb.running() as broker:
         ingest = tb.subscriber()

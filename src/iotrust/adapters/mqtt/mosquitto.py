@@ -512,6 +512,18 @@ class MosquittoBroker:
             os.kill(pid, signal.SIGHUP)
         except OSError as exc:
             raise BackendError("could not signal the broker", reason="broker_not_running") from exc
+        self._barrier()
+
+    def _barrier(self) -> None:
+        """Return once Mosquitto has processed the pending SIGHUP.
+
+        Mosquitto notices the signal's flag at the end of a main-loop iteration. The first admin
+        round trip is handled in some iteration that ends with the reload (the flag was set
+        before it was sent); the second is handled in a later one, so after the reload. Without
+        this, a kick or a new handshake right after ``kill`` can still meet the old rules.
+        """
+        for _ in range(2):
+            self.dynsec([{"command": "getDefaultACLAccess"}])
 
     def _admin_session(self) -> _Admin:
         if self._admin is None:

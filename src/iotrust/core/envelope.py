@@ -212,10 +212,18 @@ def decode_cose_sign1(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES,
 
 
 def _check_p256(public_key: object) -> ec.EllipticCurvePublicKey:
-    if not (isinstance(public_key, ec.EllipticCurvePublicKey)
+    if type(public_key) is not _EC_KEY_TYPE and not (
+            isinstance(public_key, ec.EllipticCurvePublicKey)
             and isinstance(public_key.curve, ec.SECP256R1)):
         raise TypeError("ES256 needs a P-256 public key")
+    if public_key.key_size != _P256_BITS:
+        raise TypeError("ES256 needs a P-256 public key")
     return public_key
+
+
+# The concrete key class of this cryptography build (the fast path of the type check above).
+_EC_KEY_TYPE: Final = type(ec.derive_private_key(1, ec.SECP256R1()).public_key())
+_P256_BITS: Final = 256
 
 
 def _verify_es256(public_key: ec.EllipticCurvePublicKey, signature: bytes, to_be_signed: bytes,
@@ -472,11 +480,16 @@ def _envelope_from_parts(protected: bytes, payload: bytes, signature: bytes) -> 
     # constructor's re-encoding check would only repeat the parse: check the field rules alone.
     _check_fields(device_id, counter, timestamp, topic, content_type, kid)
     env = object.__new__(Envelope)
-    for name, value in (("device_id", device_id), ("counter", counter),
-                        ("timestamp", timestamp), ("topic", topic),
-                        ("content_type", content_type), ("kid", kid), ("payload", payload),
-                        ("signature", signature), ("protected", protected)):
-        object.__setattr__(env, name, value)
+    put = object.__setattr__
+    put(env, "device_id", device_id)
+    put(env, "counter", counter)
+    put(env, "timestamp", timestamp)
+    put(env, "topic", topic)
+    put(env, "content_type", content_type)
+    put(env, "kid", kid)
+    put(env, "payload", payload)
+    put(env, "signature", signature)
+    put(env, "protected", protected)
     return env
 
 

@@ -263,3 +263,16 @@ seen_keys = Table(
     Column("first_seen_at", UtcDateTime(), nullable=False),
     _states("kind", ("factory", "csr", "credential")),
 )
+
+message_counters = Table(
+    "message_counters", metadata,
+    Column("device_id", String(64), ForeignKey("devices.id"), primary_key=True),
+    Column("highest", BigInteger, nullable=False),
+    Column("bitmap", LargeBinary, nullable=False),
+    Column("window_size", Integer, nullable=False),
+    Column("reserved", BigInteger, nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    CheckConstraint("highest >= -1", name="highest"),
+    CheckConstraint("window_size BETWEEN 1 AND 1024", name="window_size"),
+    CheckConstraint("reserved IS NULL OR reserved >= highest", name="reserved"),
+)

@@ -91,6 +91,7 @@ from iotrust.errors import (
     IotrustError,
     NotFoundError,
 )
+from iotrust.ports import MessageCounter
 
 __all__ = ["MIGRATIONS_DIR", "Database", "SessionBinding", "Tx"]
 
@@ -1212,3 +1213,56 @@ class Tx:
         self._writable()
         t = s.onboarding_attempts
         return int(self._exec(delete(t).where(t.c.at < before)).rowcount)
+
+    # -- message counters (signed-message replay windows) ------------------------------------
+
+    def load_message_counter(self, device_id: str) -> MessageCounter | None:
+        """The persisted replay state of one device, or ``None``."""
+        t = s.message_counters
+        row = self._exec(select(t).where(t.c.device_id == device_id)).first()
+        return None if row is None else _message_counter(row)
+
+    def save_message_counters(self, states: Sequence[MessageCounter], at: datetime) -> None:
+        """Write the states of many devices (insert or update), keeping any higher reservation.
+
+        Three statements whatever the batch size: which rows exist, one executemany update, one
+        executemany insert. A stored reservation is never lowered, except to ``NULL`` by a
+        state whose ``reserved`` is ``None`` (the clean-shutdown flush).
+        """
+        self._writable()
+        if not states:
+            return
+        t = s.message_counters
+        ids = [state.device_id for state in states]
+        existing = dict(self._exec(select(t.c.device_id, t.c.reserved)
+                                   .where(t.c.device_id.in_(ids))).tuples().all())
+        updates, inserts = [], []
+        for state in states:
+            row = _message_counter_row(state, at)
+            if state.device_id in existing:
+                stored = existing[state.device_id]
+                if state.reserved is not None and stored is not None:
+                    row["reserved"] = max(stored, state.reserved)
+                updates.append({**row, "key": row["device_id"]})
+            else:
+                inserts.append(row)
+        if updates:
+            self._exec(update(t).where(t.c.device_id == bindparam("key")).values(
+                highest=bindparam("highest"), bitmap=bindparam("bitmap"),
+                window_size=bindparam("window_size"), reserved=bindparam("reserved"),
+                updated_at=bindparam("updated_at")), updates)
+        if inserts:
+            self._insert(t, inserts)
+
+
+def _message_counter(row: Row[Any]) -> MessageCounter:
+    return MessageCounter(device_id=row.device_id, highest=int(row.highest),
+                          bitmap=int.from_bytes(row.bitmap, "big"),
+                          window_size=int(row.window_size),
+                          reserved=None if row.reserved is None else int(row.reserved))
+
+
+def _message_counter_row(state: MessageCounter, at: datetime) -> dict[str, Any]:
+    return {"device_id": state.device_id, "highest": state.highest,
+            "bitmap": state.bitmap.to_bytes((state.window_size + 7) // 8, "big"),
+            "window_size": state.window_size, "reserved": state.reserved, "updated_at": at}

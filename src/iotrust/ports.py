@@ -5,7 +5,7 @@ Adapters implement these; tests implement them with simulators. Nothing here doe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -117,4 +117,51 @@ class BrokerControl(Protocol):
 
     def reload(self) -> None:
         """Make the broker re-read its access rules and CRL."""
+        ...
+
+
+# -- message counters (signed-message replay windows, DESIGN.md §7) ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageCounter:
+    """The persisted replay state of one device (see :class:`CounterStore`).
+
+    ``highest`` is the highest accepted counter (-1: none), ``bitmap`` the window's bits (bit
+    ``i`` = counter ``highest - i`` accepted) for a window of ``window_size`` counters, and
+    ``reserved`` a durable ceiling above every counter ever accepted, or ``None`` after a clean
+    shutdown (then ``highest`` and ``bitmap`` are exact).
+    """
+
+    device_id: str
+    highest: int
+    bitmap: int
+    window_size: int
+    reserved: int | None
+
+    def __post_init__(self) -> None:
+        if self.highest < -1 or self.bitmap < 0 or self.window_size < 1:
+            raise ValueError("counters are >= -1, bitmaps and window sizes positive")
+        if self.reserved is not None and self.reserved < self.highest:
+            raise ValueError("a reservation is never below the highest accepted counter")
+
+
+class CounterStore(Protocol):
+    """Where each device's message-counter state survives a restart of the ingest service.
+
+    The ingest service keeps windows in memory and writes them behind in batches
+    (:meth:`save_counters`); only :meth:`reserve` must be durable before it returns, because
+    a message whose counter is above the current reservation is not accepted until it is.
+    """
+
+    def load_counters(self, device_id: str) -> MessageCounter | None:
+        """The stored state of one device, or ``None`` if it never had a message accepted."""
+        ...
+
+    def save_counters(self, states: Sequence[MessageCounter], at: datetime) -> None:
+        """Write many devices' states in one transaction (the write-behind flush)."""
+        ...
+
+    def reserve(self, state: MessageCounter, at: datetime) -> None:
+        """Durably write ``state`` now (its ``reserved`` is the new ceiling; never lowered)."""
         ...

@@ -16,13 +16,10 @@ a ``mosquitto`` binary the tests skip locally and fail under ``CI=true``.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import ssl
-import sys
 import threading
 import time
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,25 +53,6 @@ from iotrust.services.credentials import Issuer
 INGEST = "ingest@iotrust"
 MAKER = "testmaker"
 NOT_AUTHORIZED = 0x87
-
-
-def _policies_stand_in() -> None:
-    """TEMPORARY until services/policies.py lands (another helper writes it).
-
-    A test-only stand-in whose ``resolve`` gives every device the default policy.
-    """
-    if importlib.util.find_spec("iotrust.services.policies") is not None:
-        return
-    import iotrust.services  # noqa: PLC0415 - temporary stand-in
-    from iotrust.core.policy import DEFAULT_POLICY  # noqa: PLC0415
-
-    stand_in = types.ModuleType("iotrust.services.policies")
-    stand_in.resolve = lambda _db, _device_id: DEFAULT_POLICY  # type: ignore[attr-defined]
-    sys.modules["iotrust.services.policies"] = stand_in
-    iotrust.services.policies = stand_in  # type: ignore[attr-defined]
-
-
-_policies_stand_in()
 
 
 def require_mosquitto() -> None:

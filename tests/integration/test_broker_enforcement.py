@@ -13,9 +13,11 @@ from iotrust.adapters.keys.file import DeviceFileKey
 from iotrust.adapters.mqtt.mosquitto import ADMIN_USERNAME
 from iotrust.core import pki
 from iotrust.core.lifecycle import RetirementReason
+from iotrust.core.policy import DEFAULT_POLICY, Action, Policy, Rule
 from iotrust.errors import InputError
 from iotrust.ports import TopicAccess
 from iotrust.services import broker as broker_svc
+from iotrust.services import policies as policy_svc
 from iotrust.services.domain import active_issuing_ca
 
 pytestmark = pytest.mark.mqtt
@@ -166,3 +168,28 @@ def _non_loopback_address():
         except OSError:
             return None
     return None if addr.startswith("127.") else addr
+
+
+def test_assigned_policy_gets_its_own_block_and_applies_live(tb):
+    """A device with a non-default policy (via a group) gets exactly that policy's rights."""
+    special, plain = tb.devices[4], tb.devices[1]
+    db = tb.db()
+    try:
+        logs = Policy("with-logs", (*DEFAULT_POLICY.rules,
+                                    Rule(Action.PUBLISH, "devices/{device_id}/logs")))
+        policy_svc.create(db, tb.clock, logs.name, logs.rules, actor="tests@broker")
+        policy_svc.assign_to_group(db, tb.clock, logs.name, "loggers", actor="tests@broker")
+        policy_svc.add_to_group(db, tb.clock, "loggers", [special.name], actor="tests@broker",
+                                changed=lambda _change: broker_svc.sync(db, tb.broker))
+    finally:
+        db.close()
+    acl = tb.broker.layout.acl.read_text()
+    assert f"user {special.name}\ntopic write devices/{special.name}/logs\n" in acl
+    assert f"user {plain.name}" not in acl
+    assert tb.broker.last_acl.mode.value == "pattern"
+    cs, cp = tb.client(special), tb.client(plain)
+    assert cs.connect()
+    assert cp.connect()
+    assert cs.publish(f"devices/{special.name}/logs") == 0
+    assert cs.publish(f"devices/{special.name}/telemetry") == 0
+    assert cp.publish(f"devices/{plain.name}/logs") == NOT_AUTHORIZED

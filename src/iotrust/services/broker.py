@@ -17,7 +17,6 @@ or run the broker process itself.
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,11 +36,12 @@ from iotrust.adapters.mqtt.mosquitto import (
 )
 from iotrust.adapters.sql.store import Database
 from iotrust.core import pki
-from iotrust.core.lifecycle import Device, DeviceState, RetirementReason
+from iotrust.core.lifecycle import Device, RetirementReason
 from iotrust.core.policy import DEFAULT_POLICY, Policy, effective_policy, render
 from iotrust.errors import BackendError, IotrustError
 from iotrust.ports import BrokerControl, Clock, TopicAccess
 from iotrust.services import credentials, devices
+from iotrust.services import policies as policy_svc
 from iotrust.services.credentials import Issuer
 from iotrust.services.domain import Secrets, active_issuing_ca
 from iotrust.services.settings import Settings
@@ -93,14 +93,11 @@ def _iter_devices(db: Database) -> Iterator[Device]:
 
 def access_entries(db: Database) -> list[TopicAccess]:
     """Every device's effective access, from the registry."""
-    # Temporary: a plain top-level import once services/policies.py lands (written concurrently).
-    policy_svc = importlib.import_module("iotrust.services.policies")
-
+    assigned = policy_svc.resolve_all(db)  # only the devices not on the default policy
     entries = []
     for device in _iter_devices(db):
-        assigned = policy_svc.resolve(db, device.id) if device.state is DeviceState.ACTIVE else None
-        entries.append(TopicAccess(device.id, _rules(effective_policy(device.state, assigned),
-                                                     device.id)))
+        policy = effective_policy(device.state, assigned.get(device.id))
+        entries.append(TopicAccess(device.id, _rules(policy, device.id)))
     return entries
 
 

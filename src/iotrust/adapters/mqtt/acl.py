@@ -154,7 +154,8 @@ def _deviation_block(username: str, own: dict[str, set[str]] | None,
         if any(filters_intersect(t, o) for o in own):
             raise _NotExpressible(f"denying {t} would also remove a rule {username} keeps")
     lines += [f"topic deny {t}" for t in deny]
-    lines += _lines("topic", own)
+    # rules the patterns already give this user need no line of their own
+    lines += _lines("topic", {t: a for t, a in own.items() if default_for_user.get(t) != a})
     return lines
 
 

@@ -200,6 +200,8 @@ def render_config(layout: BrokerLayout, settings: BrokerSettings) -> str:
         *(["log_type all"] if settings.log_all else
           ["log_type error", "log_type warning", "log_type notice", "log_type information"]),
         "connection_messages true",
+        # Without it, small replies (admin round trips, PUBACKs) wait for Nagle + delayed ACK.
+        "set_tcp_nodelay true",
     ]
     if settings.run_as_root:
         # As root, mosquitto drops to user `mosquitto` before reading its files (0700 folders).
@@ -569,9 +571,11 @@ def _replace(settings: BrokerSettings, **changes: Any) -> BrokerSettings:  # noq
 class MosquittoProcess:
     """A Mosquitto child process on a prepared layout (tests, benchmarks, ``broker run``)."""
 
-    def __init__(self, broker: MosquittoBroker, *, stderr_path: Path | None = None) -> None:
+    def __init__(self, broker: MosquittoBroker, *, stderr_path: Path | None = None,
+                 inherit_output: bool = False) -> None:
         self.broker = broker
         self._stderr_path = stderr_path or broker.layout.root / "mosquitto.log"
+        self._inherit = inherit_output
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
@@ -580,13 +584,14 @@ class MosquittoProcess:
             self.broker.settings.mosquitto)
         if binary is None:
             raise NotFoundError("mosquitto is not installed", reason="mosquitto_missing")
-        log = self._stderr_path.open("ab")
+        log = None if self._inherit else self._stderr_path.open("ab")
         try:
             self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 [binary, "-c", str(self.broker.layout.conf)], stdout=log, stderr=log,
                 start_new_session=True)
         finally:
-            log.close()
+            if log is not None:
+                log.close()
         s = self.broker.settings
         host = "127.0.0.1" if s.bind in {"0.0.0.0", "localhost"} else s.bind  # noqa: S104
         deadline = time.monotonic() + timeout
@@ -649,17 +654,8 @@ def client_tls_context(ca_file: Path, cert_file: Path | None = None,
     return ctx
 
 
-def exec_foreground(broker: MosquittoBroker) -> None:
-    """Replace this process with Mosquitto on ``broker``'s configuration (``broker run``)."""
-    binary = find_mosquitto() if broker.settings.mosquitto == "mosquitto" else (
-        broker.settings.mosquitto)
-    if binary is None:
-        raise NotFoundError("mosquitto is not installed", reason="mosquitto_missing")
-    os.execv(binary, [binary, "-c", str(broker.layout.conf)])  # noqa: S606 - fixed argv
-
-
 __all__: Sequence[str] = (
     "ADMIN_USERNAME", "BrokerLayout", "BrokerSettings", "MosquittoBroker", "MosquittoProcess",
-    "client_tls_context", "dynsec_document", "exec_foreground", "find_dynsec_plugin",
+    "client_tls_context", "dynsec_document", "find_dynsec_plugin",
     "find_mosquitto", "free_port", "render_config", "split_crls", "verify_crl_bundle",
 )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from iotrust.cli import broker as broker_cli
 from iotrust.cli import factory as factory_cli
 from iotrust.cli import hw as hw_cli
 from iotrust.cli.common import STATE, emit, emit_object, err, errors, out, progress
@@ -20,6 +21,7 @@ from iotrust.core.events import format_anchor, parse_anchor
 from iotrust.core.lifecycle import RetirementReason
 from iotrust.errors import InputError, NotFoundError, TrustError
 from iotrust.ports import SystemClock
+from iotrust.services import broker as broker_svc
 from iotrust.services import credentials, devices, domain, eventlog, manufacturers, tokens
 from iotrust.services import vouchers as voucher_svc
 from iotrust.services.files import write_atomic
@@ -27,6 +29,7 @@ from iotrust.services.files import write_atomic
 app = typer.Typer(help="iotrust: keep an IoT fleet trustworthy from factory to retirement.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(factory_cli.app, name="factory")
+app.add_typer(broker_cli.app, name="broker")
 app.add_typer(hw_cli.app, name="hw")
 app.add_typer(hw_cli.model_app, name="model")
 manufacturer_app = typer.Typer(help="Manufacturers we trust.", no_args_is_help=True)
@@ -139,7 +142,9 @@ def _serve(host: str, port: int, workers: int) -> None:
     err.print(f"iotrust serving on http://{host}:{port} (data {STATE.settings.data_dir}); "
               "create an operator token with `iotrust token create NAME --role admin`")
     uvicorn.run("iotrust.api.app:app_from_environment", factory=True, host=host, port=port,
-                workers=workers, log_level="warning")
+                workers=workers, log_level="warning",
+                # Never trust X-Forwarded-For by default: per-source rate limits count the peer.
+                proxy_headers=False)
 
 
 @domain_app.command("show")
@@ -270,16 +275,27 @@ def devices_show(device_id: str) -> None:
 def quarantine_cmd(device_id: str, reason: str = typer.Option("operator")) -> None:
     """Quarantine a device: only its remediation channel stays open."""
     with errors():
-        d = devices.quarantine(STATE.db(), CLOCK, device_id, actor=STATE.actor(), reason=reason)
-        emit_object({"device": d.id, "state": d.state.value})
+        broker = broker_svc.open_broker(STATE.settings, CLOCK)
+        try:
+            result = broker_svc.quarantine(STATE.db(), CLOCK, broker, device_id,
+                                           actor=STATE.actor(), reason=reason)
+        finally:
+            if broker is not None:
+                broker.close()
+        emit_object(result.as_dict())
 
 
 @app.command("release")
 def release_cmd(device_id: str) -> None:
     """Release a device from quarantine."""
     with errors():
-        d = devices.release(STATE.db(), CLOCK, device_id, actor=STATE.actor())
-        emit_object({"device": d.id, "state": d.state.value})
+        broker = broker_svc.open_broker(STATE.settings, CLOCK)
+        try:
+            result = broker_svc.release(STATE.db(), CLOCK, broker, device_id, actor=STATE.actor())
+        finally:
+            if broker is not None:
+                broker.close()
+        emit_object(result.as_dict())
 
 
 @app.command("retire")
@@ -290,9 +306,14 @@ def retire_cmd(
     """Retire a device (one-way): revoke every credential, republish the CRL."""
     with errors():
         db = STATE.db()
-        d = devices.retire(db, CLOCK, device_id, reason, actor=STATE.actor())
-        credentials.publish_crls(db, STATE.settings, STATE.secrets(), CLOCK, actor=STATE.actor())
-        emit_object({"device": d.id, "state": d.state.value, "reason": reason.value})
+        broker = broker_svc.open_broker(STATE.settings, CLOCK)
+        try:
+            result = broker_svc.retire(db, STATE.settings, STATE.secrets(), CLOCK, device_id,
+                                       broker=broker, reason=reason, actor=STATE.actor())
+        finally:
+            if broker is not None:
+                broker.close()
+        emit_object({**result.as_dict(), "reason": reason.value})
 
 
 @crl_app.command("publish")

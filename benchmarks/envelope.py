@@ -88,10 +88,13 @@ def _envelope_rates(n: int, rounds: int) -> dict[str, float]:
                            credential_lookup=lookup, device_state=DeviceState.ACTIVE,
                            window=window)
 
+    # Many short alternating slices, best slice of each kept: on a shared machine this keeps
+    # the operation and its floor under the same conditions.
+    chunk = max(50, n // 10)
     best = {"raw": 0.0, "envelope": 0.0, "ingest": 0.0}
-    for _ in range(rounds):
+    for _ in range(rounds * 10):
         for name, fn in (("raw", raw), ("envelope", envelope), ("raw", raw), ("ingest", ingest)):
-            best[name] = max(best[name], _timed(fn, n))
+            best[name] = max(best[name], _timed(fn, chunk))
     best["size"] = float(len(one))
     best["payload"] = float(len(payload))
     return best

@@ -8,15 +8,18 @@ No ``from __future__ import annotations`` here: FastAPI evaluates the route clos
 annotations (``Reader``, ``Writer``) at runtime, and local names are only visible to it then.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, Field
 
+from iotrust.adapters.mqtt.mosquitto import MosquittoBroker
 from iotrust.core.lifecycle import Device, RetirementReason
 from iotrust.core.records import ApiToken
-from iotrust.services import credentials, devices, manufacturers
+from iotrust.services import broker as broker_svc
+from iotrust.services import devices, manufacturers
 from iotrust.services import vouchers as voucher_svc
 
 if TYPE_CHECKING:
@@ -100,6 +103,17 @@ class EventOut(BaseModel):
     hash: str
 
 
+@contextmanager
+def _broker(state: "AppState") -> Iterator[MosquittoBroker | None]:
+    """The data folder's broker, if one is configured (its admin session closed after use)."""
+    broker = broker_svc.open_broker(state.settings, state.clock)
+    try:
+        yield broker
+    finally:
+        if broker is not None:
+            broker.close()
+
+
 def router(  # noqa: C901 - one closure per route, each trivial
     state: "AppState",
     require: Callable[[str], Callable[..., ApiToken]],
@@ -130,19 +144,25 @@ def router(  # noqa: C901 - one closure per route, each trivial
     def quarantine(token: Writer, device_id: str,
                    body: Annotated[QuarantineIn | None, Body()] = None) -> DeviceOut:
         reason = body.reason if body else "operator"
-        return DeviceOut.of(devices.quarantine(state.db, state.clock, device_id,
-                                               actor=actor(token), reason=reason))
+        with _broker(state) as broker:
+            result = broker_svc.quarantine(state.db, state.clock, broker, device_id,
+                                           actor=actor(token), reason=reason)
+        return DeviceOut.of(result.device)
 
     @r.post("/devices/{device_id}/release")
     def release(token: Writer, device_id: str) -> DeviceOut:
-        return DeviceOut.of(devices.release(state.db, state.clock, device_id, actor=actor(token)))
+        with _broker(state) as broker:
+            result = broker_svc.release(state.db, state.clock, broker, device_id,
+                                        actor=actor(token))
+        return DeviceOut.of(result.device)
 
     @r.post("/devices/{device_id}/retire")
     def retire(token: Writer, device_id: str, body: RetireIn) -> DeviceOut:
-        d = devices.retire(state.db, state.clock, device_id, body.reason, actor=actor(token))
-        credentials.publish_crls(state.db, state.settings, state.secrets, state.clock,
-                                 actor=actor(token))
-        return DeviceOut.of(d)
+        with _broker(state) as broker:
+            result = broker_svc.retire(state.db, state.settings, state.secrets, state.clock,
+                                       device_id, broker=broker, reason=body.reason,
+                                       actor=actor(token))
+        return DeviceOut.of(result.device)
 
     @r.get("/manufacturers")
     def list_manufacturers(_: Reader) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Final
 
 from iotrust.core.ids import DEVICE_ID_RE, check_device_id, check_slug
@@ -45,7 +46,9 @@ __all__ = [
     "REASONS",
     "Action",
     "Decision",
+    "DeviceGroup",
     "Policy",
+    "PolicyRecord",
     "RenderedRule",
     "Rule",
     "decide",
@@ -525,6 +528,50 @@ _EXPECTED: Final = DeviceState.EXPECTED
 _RETIRED_STATE: Final = DeviceState.RETIRED
 _PUBLISH: Final = Action.PUBLISH
 _SUBSCRIBE: Final = Action.SUBSCRIBE
+
+
+# --- registry records -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    """A stored policy: its value, a version bumped on every change, and when."""
+
+    policy: Policy
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, Policy):
+            raise TypeError("policy must be a Policy")
+        if isinstance(self.version, bool) or not isinstance(self.version, int) \
+                or self.version < 1:
+            raise _invalid("policy versions start at 1")
+        if self.created_at.tzinfo is None or self.updated_at.tzinfo is None:
+            raise TypeError("policy timestamps must be timezone-aware")
+
+    @property
+    def name(self) -> str:
+        """The policy's name."""
+        return self.policy.name
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceGroup:
+    """A named group of devices; its policy (if any) applies to every member."""
+
+    name: str
+    policy: str | None
+    created_at: datetime
+    members: int = 0
+
+    def __post_init__(self) -> None:
+        check_slug(self.name, "group_name")
+        if self.policy is not None:
+            check_slug(self.policy, "policy_name")
+        if self.created_at.tzinfo is None:
+            raise TypeError("group timestamps must be timezone-aware")
 
 
 # --- storage form -------------------------------------------------------------------------------

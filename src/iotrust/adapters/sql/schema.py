@@ -130,6 +130,8 @@ device_models = Table(
     Column("hardware_profile", Text, nullable=True),
     Column("credential_lifetime_s", Integer, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    # 0004: the policy every device of this model gets (NULL: the default policy)
+    Column("policy", String(64), ForeignKey("policies.name"), nullable=True),
 )
 
 devices = Table(
@@ -262,6 +264,34 @@ seen_keys = Table(
     Column("device_id", String(64), nullable=True),
     Column("first_seen_at", UtcDateTime(), nullable=False),
     _states("kind", ("factory", "csr", "credential")),
+)
+
+# -- 0004: least-privilege policies, device groups -----------------------------------------------
+
+#: Named policies; ``rules`` is ``[{"action", "template", "shared"}, ...]`` (core/policy.py).
+policies = Table(
+    "policies", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("rules", JSON, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+#: Groups of devices sharing a policy (in addition to their model's).
+device_groups = Table(
+    "device_groups", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("policy", String(64), ForeignKey("policies.name"), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+device_group_members = Table(
+    "device_group_members", metadata,
+    Column("group_name", String(64), ForeignKey("device_groups.name"), primary_key=True),
+    Column("device_id", String(30), ForeignKey("devices.id"), primary_key=True),
+    Column("added_at", UtcDateTime(), nullable=False),
+    Index(None, "device_id"),
 )
 
 message_counters = Table(

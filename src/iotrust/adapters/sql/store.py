@@ -66,6 +66,7 @@ from iotrust.core.lifecycle import (
     KeyStorage,
     RetirementReason,
 )
+from iotrust.core.policy import DeviceGroup, Policy, PolicyRecord, rules_from_json, rules_to_json
 from iotrust.core.records import (
     ApiToken,
     CaRole,
@@ -147,6 +148,13 @@ _CONSTRAINT_ERRORS: Final[dict[str, tuple[type[IotrustError], str]]] = {
     "uq_api_tokens_token_sha256": (ConflictError, "duplicate_token"),
     "pk_events": (ConflictError, "event_seq_taken"),
     "pk_seen_keys": (ConflictError, "key_reused"),
+    "pk_policies": (ConflictError, "policy_exists"),
+    "pk_device_groups": (ConflictError, "group_exists"),
+    "fk_device_groups_policy_policies": (NotFoundError, "unknown_policy"),
+    "fk_device_models_policy_policies": (NotFoundError, "unknown_policy"),
+    "pk_device_group_members": (ConflictError, "already_member"),
+    "fk_device_group_members_group_name_device_groups": (NotFoundError, "unknown_group"),
+    "fk_device_group_members_device_id_devices": (NotFoundError, "unknown_device"),
 }
 
 
@@ -320,6 +328,16 @@ def _event(row: Row[Any]) -> EventRow:
     return EventRow(seq=int(row.seq), at=row.at, kind=row.kind, actor=row.actor,
                     device_id=row.device_id, reason=row.reason, data=row.data,
                     prev_hash=row.prev_hash, hash=row.hash)
+
+
+def _policy(name: str, rules: Any) -> Policy:  # noqa: ANN401 - JSON from the driver
+    value = json.loads(rules) if isinstance(rules, str) else rules
+    return Policy(name, rules_from_json(value))
+
+
+def _policy_record(row: Row[Any]) -> PolicyRecord:
+    return PolicyRecord(policy=_policy(row.name, row.rules), version=int(row.version),
+                        created_at=row.created_at, updated_at=row.updated_at)
 
 
 def _check_limit(limit: int) -> None:
@@ -1213,6 +1231,165 @@ class Tx:
         self._writable()
         t = s.onboarding_attempts
         return int(self._exec(delete(t).where(t.c.at < before)).rowcount)
+
+    # -- policies and device groups (revision 0004) ------------------------------------------
+
+    def add_policy(self, policy: Policy, at: datetime) -> PolicyRecord:
+        """Store a new policy at version 1; ``ConflictError(policy_exists)``."""
+        self._insert(s.policies, {"name": policy.name, "rules": rules_to_json(policy.rules),
+                                  "version": 1, "created_at": at, "updated_at": at})
+        return PolicyRecord(policy, 1, at, at)
+
+    def replace_policy(self, policy: Policy, at: datetime) -> PolicyRecord:
+        """Replace a policy's rules and bump its version; ``NotFoundError(unknown_policy)``."""
+        self._writable()
+        t = s.policies
+        self._exec(update(t).where(t.c.name == policy.name).values(
+            rules=rules_to_json(policy.rules), version=t.c.version + 1, updated_at=at))
+        return self.get_policy(policy.name)
+
+    def get_policy(self, name: str) -> PolicyRecord:
+        """One stored policy; ``NotFoundError(unknown_policy)``."""
+        row = self._exec(select(s.policies).where(s.policies.c.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"no policy {name!r:.80}", reason="unknown_policy")
+        return _policy_record(row)
+
+    def list_policies(self) -> list[PolicyRecord]:
+        """Every stored policy, by name."""
+        return [_policy_record(r) for r in self._exec(select(s.policies)
+                                                       .order_by(s.policies.c.name))]
+
+    def set_model_policy(self, model: str, policy: str | None) -> None:
+        """Attach ``policy`` to a device model (``None`` detaches it).
+
+        ``NotFoundError`` with ``unknown_model`` or ``unknown_policy``.
+        """
+        t = s.device_models
+
+        def write() -> int:
+            return self._conn.execute(update(t).where(t.c.name == model)
+                                      .values(policy=policy)).rowcount
+
+        if self._guarded(t, {"policy": policy}, write) != 1:
+            raise NotFoundError(f"no device model {model!r:.80}", reason="unknown_model")
+
+    def models_with_policy(self, policy: str) -> list[str]:
+        """The device models a policy is attached to."""
+        t = s.device_models
+        return [r[0] for r in self._exec(select(t.c.name).where(t.c.policy == policy)
+                                         .order_by(t.c.name))]
+
+    def add_group(self, group: DeviceGroup) -> None:
+        """Create a device group; ``ConflictError(group_exists)``, ``unknown_policy``."""
+        self._insert(s.device_groups, {"name": group.name, "policy": group.policy,
+                                       "created_at": group.created_at})
+
+    def get_group(self, name: str) -> DeviceGroup:
+        """One group with its member count; ``NotFoundError(unknown_group)``."""
+        groups = self._groups(s.device_groups.c.name == name)
+        if not groups:
+            raise NotFoundError(f"no device group {name!r:.80}", reason="unknown_group")
+        return groups[0]
+
+    def list_groups(self) -> list[DeviceGroup]:
+        """Every group with its member count, by name."""
+        return self._groups(None)
+
+    def _groups(self, where: Any) -> list[DeviceGroup]:  # noqa: ANN401 - a SQL expression
+        g, m = s.device_groups, s.device_group_members
+        members = (select(func.count()).select_from(m).where(m.c.group_name == g.c.name)
+                   .scalar_subquery())
+        stmt = select(g.c.name, g.c.policy, g.c.created_at, members).order_by(g.c.name)
+        if where is not None:
+            stmt = stmt.where(where)
+        return [DeviceGroup(name=r[0], policy=r[1], created_at=r[2], members=int(r[3]))
+                for r in self._exec(stmt)]
+
+    def set_group_policy(self, group: str, policy: str | None) -> None:
+        """Attach ``policy`` to a group (``None`` detaches).
+
+        ``NotFoundError`` with ``unknown_group`` or ``unknown_policy``.
+        """
+        t = s.device_groups
+
+        def write() -> int:
+            return self._conn.execute(update(t).where(t.c.name == group)
+                                      .values(policy=policy)).rowcount
+
+        if self._guarded(t, {"policy": policy}, write) != 1:
+            raise NotFoundError(f"no device group {group!r:.80}", reason="unknown_group")
+
+    def groups_with_policy(self, policy: str) -> list[str]:
+        """The groups a policy is attached to."""
+        t = s.device_groups
+        return [r[0] for r in self._exec(select(t.c.name).where(t.c.policy == policy)
+                                         .order_by(t.c.name))]
+
+    def add_group_member(self, group: str, device_id: str, at: datetime) -> bool:
+        """Put a device in a group; ``False`` if it already was.
+
+        ``NotFoundError`` with ``unknown_group`` or ``unknown_device``.
+        """
+        t = s.device_group_members
+        if self._exec(select(literal(1)).where(t.c.group_name == group,
+                                               t.c.device_id == device_id)).first():
+            return False
+        self._insert(t, {"group_name": group, "device_id": device_id, "added_at": at})
+        return True
+
+    def remove_group_member(self, group: str, device_id: str) -> bool:
+        """Take a device out of a group; ``False`` if it was not in it."""
+        self._writable()
+        t = s.device_group_members
+        return bool(self._exec(delete(t).where(t.c.group_name == group,
+                                               t.c.device_id == device_id)).rowcount)
+
+    def group_members(self, group: str) -> list[str]:
+        """The device ids in a group, sorted."""
+        t = s.device_group_members
+        return [r[0] for r in self._exec(select(t.c.device_id).where(t.c.group_name == group)
+                                         .order_by(t.c.device_id))]
+
+    def groups_of_device(self, device_id: str) -> list[str]:
+        """The groups a device belongs to, sorted."""
+        t = s.device_group_members
+        return [r[0] for r in self._exec(select(t.c.group_name).where(t.c.device_id == device_id)
+                                         .order_by(t.c.group_name))]
+
+    def policies_for_device(self, device_id: str) -> list[Policy]:
+        """The policies that apply to a device: its groups' (by group name), then its model's.
+
+        Duplicates are removed; an empty list means the default policy applies.
+        """
+        p, g, m, dm, d = (s.policies, s.device_groups, s.device_group_members, s.device_models,
+                          s.devices)
+        groups = (select(literal(0).label("o"), g.c.name.label("k"), p.c.name, p.c.rules)
+                  .select_from(m.join(g, g.c.name == m.c.group_name)
+                               .join(p, p.c.name == g.c.policy))
+                  .where(m.c.device_id == device_id))
+        model = (select(literal(1).label("o"), dm.c.name.label("k"), p.c.name, p.c.rules)
+                 .select_from(d.join(dm, dm.c.name == d.c.model)
+                              .join(p, p.c.name == dm.c.policy))
+                 .where(d.c.id == device_id))
+        rows = self._exec(groups.union_all(model).order_by("o", "k"))
+        seen: dict[str, Policy] = {}
+        for row in rows:
+            if row.name not in seen:
+                seen[row.name] = _policy(row.name, row.rules)
+        return list(seen.values())
+
+    def policy_assignments(self) -> list[tuple[str, str]]:
+        """``(device_id, policy name)`` for every device that has a group or model policy."""
+        p_g, m, dm, d = s.device_groups, s.device_group_members, s.device_models, s.devices
+        groups = (select(m.c.device_id.label("device_id"), p_g.c.policy.label("policy"))
+                  .select_from(m.join(p_g, p_g.c.name == m.c.group_name))
+                  .where(p_g.c.policy.is_not(None)))
+        model = (select(d.c.id.label("device_id"), dm.c.policy.label("policy"))
+                 .select_from(d.join(dm, dm.c.name == d.c.model))
+                 .where(dm.c.policy.is_not(None)))
+        stmt = groups.union(model).order_by("device_id", "policy")
+        return [(r[0], r[1]) for r in self._exec(stmt)]
 
     # -- message counters (signed-message replay windows) ------------------------------------
 

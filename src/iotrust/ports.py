@@ -6,6 +6,7 @@ Adapters implement these; tests implement them with simulators. Nothing here doe
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -117,6 +118,13 @@ class BrokerControl(Protocol):
 
     def reload(self) -> None:
         """Make the broker re-read its access rules and CRL."""
+        ...
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Hold the broker's update lock while reading the registry and applying.
+
+        Two concurrent operators then cannot install an older view over a newer one.
+        """
         ...
 
 

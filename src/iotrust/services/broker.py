@@ -103,7 +103,8 @@ def access_entries(db: Database) -> list[TopicAccess]:
 
 def sync(db: Database, broker: BrokerControl) -> None:
     """Regenerate the broker's rules from the registry and apply them to live sessions."""
-    broker.apply_policies(access_entries(db), default=default_access())
+    with broker.exclusive():
+        broker.apply_policies(access_entries(db), default=default_access())
 
 
 @dataclass(slots=True)
@@ -138,16 +139,22 @@ class _Stopwatch:
 
 def _effects(result: Containment, watch: _Stopwatch,
              steps: Sequence[tuple[str, Callable[[], None]]]) -> None:
-    """Run broker ``steps`` after the commit; a stopped broker picks the files up at start."""
-    try:
-        for name, step in steps:
+    """Run broker ``steps`` after the commit.
+
+    A stopped broker still gets its files (each step writes before it reloads) and picks them up
+    at its next start; there is then no live session to kick.
+    """
+    result.broker = "applied"
+    for name, step in steps:
+        if result.broker == "not_running" and name == "kick":
+            continue
+        try:
             step()
-            watch.lap(name)
-        result.broker = "applied"
-    except BackendError as exc:
-        if exc.reason != "broker_not_running":
-            raise
-        result.broker = "not_running"
+        except BackendError as exc:
+            if exc.reason != "broker_not_running":
+                raise
+            result.broker = "not_running"
+        watch.lap(name)
     watch.total()
 
 
@@ -175,7 +182,7 @@ def _contain(db: Database, broker: BrokerControl | None, device_id: str,
         watch.total()
         return result
     _effects(result, watch, [
-        ("rules", lambda: broker.apply_policies(access_entries(db), default=default_access())),
+        ("rules", lambda: sync(db, broker)),
         ("kick", lambda: broker.kick(device_id)),
     ])
     return result
@@ -189,15 +196,21 @@ def retire(db: Database, settings: Settings, secrets: Secrets, clock: Clock, dev
     result = Containment(device=devices.retire(db, clock, device_id, reason, actor=actor),
                          timings_ms=timings)
     watch.lap("transition")
-    credentials.publish_crls(db, settings, secrets, clock, actor=actor)
-    watch.lap("crl_publish")
     if broker is None:
+        credentials.publish_crls(db, settings, secrets, clock, actor=actor)
+        watch.lap("crl_publish")
         watch.total()
         return result
-    crl = (settings.crl_dir / "all.crl.pem").read_bytes()
+
+    def publish_and_install() -> None:
+        with broker.exclusive():  # a concurrent retirement cannot install an older CRL
+            credentials.publish_crls(db, settings, secrets, clock, actor=actor)
+            watch.lap("crl_publish")
+            broker.install_crl((settings.crl_dir / "all.crl.pem").read_bytes())
+
     _effects(result, watch, [
-        ("crl_install", lambda: broker.install_crl(crl)),
-        ("rules", lambda: broker.apply_policies(access_entries(db), default=default_access())),
+        ("crl_install", publish_and_install),
+        ("rules", lambda: sync(db, broker)),
         ("kick", lambda: broker.kick(device_id)),
     ])
     return result

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -35,7 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -485,6 +486,17 @@ class MosquittoBroker:
             raise NotFoundError("the broker has no CA bundle yet", reason="broker_not_configured")
         verify_crl_bundle(pem, self.layout.ca.read_bytes(), self._clock, self.crl_min_remaining)
         _write_atomic(self.layout.crl, pem, 0o644)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """An exclusive lock on the broker folder (``flock``), across processes."""
+        self.layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.layout.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def pid(self) -> int | None:
         """The running broker's process id, or ``None`` if it is not running."""

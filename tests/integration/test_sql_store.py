@@ -615,3 +615,9 @@ def test_aware_datetimes_round_trip_as_utc(db: Database) -> None:
     assert seen.tzinfo is UTC
     with db.transaction() as tx, pytest.raises(TypeError):
         tx.touch_last_seen(device.id, datetime(2026, 1, 1))  # noqa: DTZ001 - the point
+
+
+def test_shipped_head_agrees_with_alembic() -> None:
+    from iotrust.adapters.sql.store import _shipped_head
+
+    assert _shipped_head() == Database.head_revision()

@@ -18,18 +18,16 @@ This module does not decide anything: no lifecycle rules, no hashing of events, 
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Connection,
     CursorResult,
@@ -57,6 +55,7 @@ from sqlalchemy.exc import (
     StatementError,
 )
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql import text
 
 from iotrust.adapters.sql import schema as s
 from iotrust.core.lifecycle import (
@@ -93,6 +92,9 @@ from iotrust.errors import (
     NotFoundError,
 )
 from iotrust.ports import MessageCounter
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = ["MIGRATIONS_DIR", "Database", "SessionBinding", "Tx"]
 
@@ -389,7 +391,33 @@ def _engine_options(url: URL, *, create: bool, lock_timeout_s: float) -> dict[st
     raise InputError(f"unsupported database backend {backend!r}", reason="unsupported_database")
 
 
+_REVISION_RE = re.compile(r'^(down_revision|revision)\s*(?::[^=]*)?=\s*["\']?([\w-]+|None)["\']?',
+                          re.MULTILINE)
+
+
+@functools.cache
+def _shipped_head() -> str | None:
+    """The newest migration shipped, read from the version files without importing Alembic.
+
+    Alembic costs about 0.3 s to import; every CLI call opens the registry, and the schema is
+    almost always current already, so the full machinery is loaded only when an upgrade is due.
+    A test checks this agrees with Alembic's own idea of the head.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        for kind, value in _REVISION_RE.findall(path.read_text(encoding="utf-8")):
+            if kind == "revision":
+                revisions.add(value)
+            elif value != "None":
+                parents.add(value)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
 def _alembic_config() -> Config:
+    from alembic.config import Config  # noqa: PLC0415 - Alembic is loaded only to migrate
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
@@ -433,7 +461,8 @@ class Database:
         db = cls(engine)
         try:
             if create:
-                db.upgrade()
+                if db._current_revision_fast() != _shipped_head() or _shipped_head() is None:
+                    db.upgrade()
             else:
                 db._check_schema()
         except BaseException:
@@ -454,8 +483,20 @@ class Database:
     def __repr__(self) -> str:
         return f"Database({self.url!r})"
 
+    def _current_revision_fast(self) -> str | None:
+        """The ``alembic_version`` row, read with plain SQL (None if absent)."""
+        try:
+            with self._engine.connect() as conn:
+                conn.execution_options(iotrust_readonly=True)
+                row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+        except DBAPIError:
+            return None
+        return None if row is None else str(row[0])
+
     def upgrade(self) -> None:
         """Run the Alembic migrations up to the newest revision (idempotent)."""
+        from alembic import command  # noqa: PLC0415 - Alembic is loaded only to migrate
+
         config = _alembic_config()
         try:
             with self._engine.begin() as conn:
@@ -466,6 +507,8 @@ class Database:
 
     def schema_revision(self) -> str | None:
         """The Alembic revision the database is at (``None`` if never migrated)."""
+        from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
         try:
             with self._engine.connect() as conn:
                 conn.execution_options(iotrust_readonly=True)
@@ -476,6 +519,8 @@ class Database:
     @staticmethod
     def head_revision() -> str | None:
         """The newest revision shipped with this version of iotrust."""
+        from alembic.script import ScriptDirectory  # noqa: PLC0415
+
         return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
     def _check_schema(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import random
+import shutil
 import ssl
 import statistics
 import sys
@@ -234,6 +235,7 @@ def run(quick: bool) -> list[dict[str, Any]]:  # noqa: C901, PLR0915
             still += connected
             p.join(10)
         acl = broker.last_acl
+    shutil.rmtree(base, ignore_errors=True)
     extra = {"devices": devices, "processes": len(groups), "runs": runs, "failures": failures,
              "other_devices_lost_session": lost, "connected_at_end": still,
              "acl_layout": acl.mode.value if acl else None,

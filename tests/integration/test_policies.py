@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -288,3 +289,50 @@ def test_policy_merge_is_stable_for_many_groups(db: Database) -> None:
     assert len(policy.rules) == 12
     assert all(svc.decide_for(db, devs[0], PUB, f"devices/{devs[0]}/p{i}").allowed
                for i in range(12))
+
+
+def test_cli_create_assign_check(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `iotrust policy` commands against a SQLite registry; check exits 0 / 77."""
+    from typer.testing import CliRunner  # noqa: PLC0415 - only this test drives the CLI
+
+    from iotrust.cli.main import app  # noqa: PLC0415
+
+    monkeypatch.setenv("IOTRUST_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("IOTRUST_DATABASE_URL", raising=False)
+    (tmp_path / "data").mkdir()
+    db = Database.open(f"sqlite:///{tmp_path / 'data' / 'iotrust.db'}")
+    try:
+        devs = seed(db, 2)
+    finally:
+        db.close()
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, list(args))
+        return result.exit_code, result.output
+
+    code, _ = run("policy", "create", "gw", "--publish",
+                  "devices/{device_id}/children/+/telemetry", "--subscribe",
+                  "devices/{device_id}/commands/#")
+    assert code == 0
+    code, output = run("policy", "create", "bad", "--subscribe", "devices/+/commands/#")
+    assert code == 65
+    assert "policy_cross_device" in output
+    assert run("policy", "assign", "gw")[0] == 2
+    assert run("policy", "assign", "gw", "--group", "gws")[0] == 0
+    assert run("policy", "group", "add", "gws", devs[0])[0] == 0
+    assert run("policy", "group", "add", "gws", device_id(77))[0] == 66
+    code, output = run("policy", "list", "--json")
+    assert code == 0
+    assert [p["name"] for p in json.loads(output)] == ["gw"]
+
+    topic = f"devices/{devs[0]}/children/a/telemetry"
+    code, output = run("policy", "check", devs[0], "publish", topic)
+    assert (code, output.split()) == (0, ["allow", "allowed"])
+    code, output = run("policy", "check", devs[1], "publish",
+                       f"devices/{devs[1]}/children/a/telemetry")
+    assert (code, output.split()) == (77, ["deny", "no_matching_rule"])
+    code, output = run("--json", "policy", "check", devs[0], "subscribe", "devices/#")
+    assert code == 77
+    assert json.loads(output)["reason"] == "no_matching_rule"
+    assert run("policy", "check", devs[0], "write", topic)[0] == 2

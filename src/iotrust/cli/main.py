@@ -16,6 +16,7 @@ import typer
 from iotrust.cli import broker as broker_cli
 from iotrust.cli import factory as factory_cli
 from iotrust.cli import hw as hw_cli
+from iotrust.cli import policy as policy_cli
 from iotrust.cli.common import STATE, emit, emit_object, err, errors, out, progress
 from iotrust.core.events import format_anchor, parse_anchor
 from iotrust.core.lifecycle import RetirementReason
@@ -24,7 +25,7 @@ from iotrust.ports import SystemClock
 from iotrust.services import broker as broker_svc
 from iotrust.services import credentials, devices, domain, eventlog, manufacturers, tokens
 from iotrust.services import vouchers as voucher_svc
-from iotrust.services.files import write_atomic
+from iotrust.adapters.files import write_atomic
 
 app = typer.Typer(help="iotrust: keep an IoT fleet trustworthy from factory to retirement.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -32,6 +33,7 @@ app.add_typer(factory_cli.app, name="factory")
 app.add_typer(broker_cli.app, name="broker")
 app.add_typer(hw_cli.app, name="hw")
 app.add_typer(hw_cli.model_app, name="model")
+app.add_typer(policy_cli.app, name="policy")
 manufacturer_app = typer.Typer(help="Manufacturers we trust.", no_args_is_help=True)
 voucher_app = typer.Typer(help="Vouchers: which devices are expected.", no_args_is_help=True)
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)

@@ -13,12 +13,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from iotrust.adapters.files import write_atomic
 from iotrust.cli.common import STATE, emit, emit_object, errors, out
 from iotrust.core import hardware as hw
 from iotrust.errors import InputError
 from iotrust.ports import SystemClock
 from iotrust.services import hardware as svc
-from iotrust.services.files import write_atomic
 
 app = typer.Typer(help="Hardware profiles: what trust a device model can sustain.",
                   no_args_is_help=True)

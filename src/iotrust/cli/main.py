@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from iotrust.adapters.files import write_atomic
 from iotrust.cli import broker as broker_cli
 from iotrust.cli import factory as factory_cli
 from iotrust.cli import hw as hw_cli
@@ -25,7 +26,6 @@ from iotrust.ports import SystemClock
 from iotrust.services import broker as broker_svc
 from iotrust.services import credentials, devices, domain, eventlog, manufacturers, tokens
 from iotrust.services import vouchers as voucher_svc
-from iotrust.adapters.files import write_atomic
 
 app = typer.Typer(help="iotrust: keep an IoT fleet trustworthy from factory to retirement.",
                   no_args_is_help=True, pretty_exceptions_enable=False)

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from iotrust.adapters.files import write_atomic
 from iotrust.adapters.sql.store import Database, Tx
 from iotrust.core import events as ev
 from iotrust.core import pki
@@ -23,7 +24,6 @@ from iotrust.core.records import CertificateAuthority, Credential
 from iotrust.ports import Clock
 from iotrust.services import eventlog
 from iotrust.services.domain import Secrets, active_issuing_ca, crl_url_for, require_domain
-from iotrust.services.files import write_atomic
 from iotrust.services.settings import Settings
 
 DEFAULT_CREDENTIAL_LIFETIME = timedelta(days=30)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from iotrust.adapters.files import write_atomic
 from iotrust.adapters.keys.file import EncryptedFileSigner, passphrase_from_environment
 from iotrust.adapters.keys.pkcs11 import Pkcs11Signer
 from iotrust.adapters.keys.refs import KeyRefKind, open_signer, parse_key_ref, pin_from_environment
@@ -29,7 +30,6 @@ from iotrust.core.records import CertificateAuthority, TrustDomain
 from iotrust.errors import ConflictError, InputError, NotFoundError
 from iotrust.ports import Clock, Signer
 from iotrust.services import eventlog
-from iotrust.services.files import write_atomic
 from iotrust.services.settings import Settings
 
 ROOT_LIFETIME = timedelta(days=20 * 365)

@@ -21,6 +21,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from iotrust.adapters.files import write_atomic
 from iotrust.adapters.keys.file import DeviceFileKey, EncryptedFileSigner
 from iotrust.adapters.keys.pkcs11 import Pkcs11Signer
 from iotrust.core import pki
@@ -28,7 +29,6 @@ from iotrust.core import vouchers as voucher_core
 from iotrust.core.ids import check_serial, check_slug
 from iotrust.errors import ConflictError, InputError, NotFoundError
 from iotrust.ports import Clock, Signer
-from iotrust.services.files import write_atomic
 
 FACTORY_ROOT_LIFETIME = timedelta(days=25 * 365)
 FACTORY_ISSUING_LIFETIME = timedelta(days=15 * 365)

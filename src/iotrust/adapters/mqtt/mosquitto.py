@@ -32,7 +32,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -46,6 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from iotrust.adapters.files import write_atomic
 from iotrust.adapters.mqtt.acl import AclFile, build_acl, check_username
 from iotrust.core import pki
 from iotrust.errors import BackendError, InputError, NotFoundError, TrustError
@@ -80,21 +80,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).chmod(mode)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,12 +396,12 @@ class MosquittoBroker:
                 raise NotFoundError("Mosquitto's dynamic-security plugin is not installed",
                                     reason="dynsec_missing")
             self.settings = _replace(self.settings, plugin=plugin)
-        _write_atomic(self.layout.state,
+        write_atomic(self.layout.state,
                       json.dumps(self.settings.to_json(), indent=2).encode(), 0o600)
         password = self._admin_password(create=True)
-        _write_atomic(self.layout.dynsec,
+        write_atomic(self.layout.dynsec,
                       json.dumps(dynsec_document(password, os.urandom(12))).encode(), 0o600)
-        _write_atomic(self.layout.conf, render_config(self.layout, self.settings).encode(), 0o600)
+        write_atomic(self.layout.conf, render_config(self.layout, self.settings).encode(), 0o600)
 
     def _admin_password(self, *, create: bool = False) -> str:
         path = self.layout.admin_secret
@@ -425,7 +410,7 @@ class MosquittoBroker:
         if not create:
             raise NotFoundError("the broker has no admin secret", reason="broker_not_configured")
         password = secrets.token_urlsafe(32)
-        _write_atomic(path, password.encode() + b"\n", 0o600)
+        write_atomic(path, password.encode() + b"\n", 0o600)
         return password
 
     def server_public_key(self, *, renew: bool = False) -> ec.EllipticCurvePublicKey:
@@ -438,7 +423,7 @@ class MosquittoBroker:
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        _write_atomic(self.layout.key, pem, 0o600)
+        write_atomic(self.layout.key, pem, 0o600)
         return key.public_key()
 
     def server_certificate(self) -> x509.Certificate | None:
@@ -454,8 +439,8 @@ class MosquittoBroker:
             raise InputError("the certificate is not for the broker's key",
                              reason="broker_cert_mismatch")
         pki.load_certificates(ca_bundle_pem)
-        _write_atomic(self.layout.cert, chain_pem, 0o644)
-        _write_atomic(self.layout.ca, ca_bundle_pem, 0o644)
+        write_atomic(self.layout.cert, chain_pem, 0o644)
+        write_atomic(self.layout.ca, ca_bundle_pem, 0o644)
 
     # -- BrokerControl ---------------------------------------------------------------------
 
@@ -467,7 +452,7 @@ class MosquittoBroker:
     def write_acl(self, entries: Iterable[TopicAccess], *, default: TopicAccess) -> AclFile:
         """Write the generated ACL atomically without reloading."""
         acl = build_acl(entries, default=default, services=self.settings.services)
-        _write_atomic(self.layout.acl, acl.text.encode(), 0o600)
+        write_atomic(self.layout.acl, acl.text.encode(), 0o600)
         self.last_acl = acl
         return acl
 
@@ -485,7 +470,7 @@ class MosquittoBroker:
         if not self.layout.ca.exists():
             raise NotFoundError("the broker has no CA bundle yet", reason="broker_not_configured")
         verify_crl_bundle(pem, self.layout.ca.read_bytes(), self._clock, self.crl_min_remaining)
-        _write_atomic(self.layout.crl, pem, 0o644)
+        write_atomic(self.layout.crl, pem, 0o644)
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

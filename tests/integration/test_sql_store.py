@@ -19,6 +19,7 @@ from tests.integration.pg import _libpq, fresh_postgres_database
 
 from iotrust.adapters.sql import Database, Tx
 from iotrust.adapters.sql import schema as s
+from iotrust.adapters.sql import store as store_module
 from iotrust.core.ids import new_device_id
 from iotrust.core.lifecycle import (
     CredentialState,
@@ -618,6 +619,4 @@ def test_aware_datetimes_round_trip_as_utc(db: Database) -> None:
 
 
 def test_shipped_head_agrees_with_alembic() -> None:
-    from iotrust.adapters.sql.store import _shipped_head
-
-    assert _shipped_head() == Database.head_revision()
+    assert store_module._shipped_head() == Database.head_revision()

@@ -306,3 +306,53 @@ message_counters = Table(
     CheckConstraint("window_size BETWEEN 1 AND 1024", name="window_size"),
     CheckConstraint("reserved IS NULL OR reserved >= highest", name="reserved"),
 )
+
+# -- 0005: credential rotation, renewal campaigns, zombie contacts -------------------------------
+
+ROTATION_STATES = ("open", "completed", "confirmed", "expired", "refused")
+
+#: One credential rotation (renewal with a new key, proven with the current one). The server
+#: nonce is stored only as its SHA-256 and spent by one conditional update (open → completed).
+rotation_sessions = Table(
+    "rotation_sessions", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("device_id", String(30), ForeignKey("devices.id"), nullable=False),
+    Column("credential_serial", String(40), nullable=False),
+    Column("nonce_sha256", String(64), nullable=False, unique=True),
+    Column("state", String(16), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("consumed_at", UtcDateTime(), nullable=True),
+    Column("confirm_by", UtcDateTime(), nullable=True),
+    Column("confirmed_at", UtcDateTime(), nullable=True),
+    Column("new_credential_serial", String(40), nullable=True),
+    Index(None, "device_id", "state"),
+    Index(None, "state", "confirm_by"),
+    _states("state", ROTATION_STATES),
+)
+
+#: Devices asked to renew early by a rotation campaign (``iotrust rotate``).
+rotation_requests = Table(
+    "rotation_requests", metadata,
+    Column("device_id", String(30), ForeignKey("devices.id"), primary_key=True),
+    Column("campaign", String(64), nullable=False),
+    Column("requested_at", UtcDateTime(), nullable=False),
+    Column("completed_at", UtcDateTime(), nullable=True),
+    Index(None, "campaign", "completed_at"),
+)
+
+#: Contacts by retired, revoked or expired identities, aggregated per identity and channel.
+zombies = Table(
+    "zombies", metadata,
+    Column("identity", String(200), primary_key=True),
+    Column("where", String(32), primary_key=True),
+    Column("device_id", String(30), nullable=True),
+    Column("count", BigInteger, nullable=False),
+    Column("first_seen_at", UtcDateTime(), nullable=False),
+    Column("last_seen_at", UtcDateTime(), nullable=False),
+    Column("last_source", String(200), nullable=False),
+    Column("last_reason", String(64), nullable=False),
+    Index(None, "last_seen_at"),
+    Index(None, "device_id"),
+)

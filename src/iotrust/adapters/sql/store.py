@@ -84,6 +84,8 @@ from iotrust.core.records import (
     as_enum,
     check_sha256_hex,
 )
+from iotrust.core.rotation import RotationSession
+from iotrust.core.zombies import ZombieRecord
 from iotrust.errors import (
     BackendError,
     ConflictError,
@@ -157,6 +159,11 @@ _CONSTRAINT_ERRORS: Final[dict[str, tuple[type[IotrustError], str]]] = {
     "pk_device_group_members": (ConflictError, "already_member"),
     "fk_device_group_members_group_name_device_groups": (NotFoundError, "unknown_group"),
     "fk_device_group_members_device_id_devices": (NotFoundError, "unknown_device"),
+    "pk_rotation_sessions": (ConflictError, "duplicate_session"),
+    "uq_rotation_sessions_nonce_sha256": (ConflictError, "nonce_reused"),
+    "fk_rotation_sessions_device_id_devices": (NotFoundError, "unknown_device"),
+    "fk_rotation_requests_device_id_devices": (NotFoundError, "unknown_device"),
+    "pk_zombies": (ConflictError, "zombie_exists"),
 }
 
 
@@ -1475,6 +1482,207 @@ class Tx:
                 updated_at=bindparam("updated_at")), updates)
         if inserts:
             self._insert(t, inserts)
+
+    # -- credential lifecycle: rotation, campaigns, zombies, expiry (revision 0005) ---------
+
+    def add_rotation_session(self, session: RotationSession) -> None:
+        """Open a rotation session; ``ConflictError(nonce_reused)`` for a repeated nonce."""
+        self._insert(s.rotation_sessions, _rotation_row(session))
+
+    def get_rotation_session(self, session_id: str) -> RotationSession | None:
+        """One rotation session, or ``None``."""
+        t = s.rotation_sessions
+        row = self._exec(select(t).where(t.c.id == session_id)).first()
+        return None if row is None else _rotation(row)
+
+    def complete_rotation_session(self, session_id: str, nonce_sha256: str, at: datetime,
+                                  confirm_by: datetime) -> bool:
+        """Spend the nonce: open → completed, conditional on hash, state and expiry.
+
+        ``True`` for exactly one caller, ever.
+        """
+        self._writable()
+        t = s.rotation_sessions
+        result = self._exec(update(t).where(
+            t.c.id == session_id, t.c.nonce_sha256 == nonce_sha256, t.c.state == "open",
+            t.c.consumed_at.is_(None), t.c.expires_at > at).values(
+            state="completed", consumed_at=at, confirm_by=confirm_by))
+        return result.rowcount == 1
+
+    def set_rotation_credential(self, session_id: str, serial_hex: str) -> None:
+        """Record the credential a completed rotation issued."""
+        self._writable()
+        t = s.rotation_sessions
+        self._exec(update(t).where(t.c.id == session_id, t.c.state == "completed")
+                   .values(new_credential_serial=serial_hex))
+
+    def confirm_rotation_session(self, session_id: str, at: datetime) -> bool:
+        """Completed → confirmed unless past its deadline; ``True`` for one caller only."""
+        self._writable()
+        t = s.rotation_sessions
+        result = self._exec(update(t).where(
+            t.c.id == session_id, t.c.state == "completed", t.c.confirm_by >= at,
+            t.c.new_credential_serial.is_not(None)).values(state="confirmed", confirmed_at=at))
+        return result.rowcount == 1
+
+    def end_rotation_session(self, session_id: str, state: str, *, expected: str) -> bool:
+        """``expected`` → ``state`` (refused or expired), compare-and-set."""
+        self._writable()
+        if state not in ("refused", "expired"):
+            raise ValueError("a rotation session ends refused or expired")
+        t = s.rotation_sessions
+        return self._exec(update(t).where(t.c.id == session_id, t.c.state == expected)
+                          .values(state=state)).rowcount == 1
+
+    def expire_open_rotations(self, at: datetime) -> int:
+        """Mark every open rotation whose nonce expired at or before ``at`` as expired."""
+        self._writable()
+        t = s.rotation_sessions
+        return int(self._exec(update(t).where(t.c.state == "open", t.c.expires_at <= at)
+                              .values(state="expired")).rowcount)
+
+    def unconfirmed_rotations(self, at: datetime, *, limit: int = 100) -> list[RotationSession]:
+        """Completed rotations whose confirmation deadline passed before ``at``."""
+        _check_limit(limit)
+        t = s.rotation_sessions
+        stmt = (select(t).where(t.c.state == "completed", t.c.confirm_by < at)
+                .order_by(t.c.confirm_by, t.c.id).limit(limit))
+        return [_rotation(r) for r in self._exec(stmt)]
+
+    def superseded_due(self, confirmed_before: datetime, *,
+                       limit: int = 1000) -> list[RotationSession]:
+        """Confirmed rotations before ``confirmed_before`` whose old credential is superseded."""
+        _check_limit(limit)
+        t, c = s.rotation_sessions, s.credentials
+        stmt = (select(t).join(c, c.c.serial_number == t.c.credential_serial)
+                .where(t.c.state == "confirmed", t.c.confirmed_at < confirmed_before,
+                       c.c.state == CredentialState.SUPERSEDED.value)
+                .order_by(t.c.confirmed_at).limit(limit))
+        return [_rotation(r) for r in self._exec(stmt)]
+
+    def request_rotations(self, device_ids: Sequence[str], campaign: str, at: datetime) -> int:
+        """Ask devices to renew early (a new request replaces a completed one); returns how many."""
+        self._writable()
+        if not device_ids:
+            return 0
+        t = s.rotation_requests
+        existing = set(self._exec(select(t.c.device_id).where(t.c.device_id.in_(device_ids)))
+                       .scalars())
+        fresh = [d for d in device_ids if d not in existing]
+        if existing:
+            self._exec(update(t).where(t.c.device_id.in_(list(existing))).values(
+                campaign=campaign, requested_at=at, completed_at=None))
+        if fresh:
+            self._insert(t, [{"device_id": d, "campaign": campaign, "requested_at": at,
+                              "completed_at": None} for d in fresh])
+        return len(device_ids)
+
+    def rotation_requested(self, device_id: str) -> datetime | None:
+        """When an open renewal request for the device was made, or ``None``."""
+        t = s.rotation_requests
+        row = self._exec(select(t.c.requested_at).where(
+            t.c.device_id == device_id, t.c.completed_at.is_(None))).first()
+        return None if row is None else row[0]  # type: ignore[no-any-return]
+
+    def complete_rotation_request(self, device_id: str, at: datetime) -> bool:
+        """Mark the device's open renewal request done."""
+        self._writable()
+        t = s.rotation_requests
+        return self._exec(update(t).where(t.c.device_id == device_id,
+                                          t.c.completed_at.is_(None))
+                          .values(completed_at=at)).rowcount == 1
+
+    def rotation_progress(self, campaign: str | None = None) -> tuple[int, int]:
+        """``(requested, completed)`` renewal requests (of one campaign, or all)."""
+        t = s.rotation_requests
+        stmt = select(func.count(), func.count(t.c.completed_at)).select_from(t)
+        if campaign is not None:
+            stmt = stmt.where(t.c.campaign == campaign)
+        total, done = self._exec(stmt).one()
+        return int(total), int(done)
+
+    def record_zombie(self, *, identity: str, where: str, device_id: str | None, at: datetime,
+                      source: str, reason: str) -> int:
+        """Count one contact of ``identity`` through ``where``; returns the new count."""
+        t = s.zombies
+        key = (t.c.identity == identity) & (t.c.where == where)
+        values = {"last_seen_at": at, "last_source": source[:200], "last_reason": reason[:64]}
+
+        def bump() -> int:
+            self._conn.execute(update(t).where(key).values(count=t.c.count + 1, **values))
+            row = self._conn.execute(select(t.c.count).where(key)).first()
+            return 0 if row is None else int(row[0])
+
+        count = self._guarded(t, {}, bump)
+        if count:
+            return count
+        try:
+            self._insert(t, {"identity": identity, "where": where, "device_id": device_id,
+                             "count": 1, "first_seen_at": at, **values})
+        except ConflictError:  # a concurrent first contact won the insert
+            return self._guarded(t, {}, bump)
+        return 1
+
+    def list_zombies(self, *, limit: int = 1000, device_id: str | None = None,
+                     ) -> list[ZombieRecord]:
+        """Zombie contacts, most recently seen first."""
+        _check_limit(limit)
+        t = s.zombies
+        stmt = select(t).order_by(t.c.last_seen_at.desc(), t.c.identity).limit(limit)
+        if device_id is not None:
+            stmt = stmt.where(t.c.device_id == device_id)
+        return [ZombieRecord(identity=r.identity, where=r.where, device_id=r.device_id,
+                             count=int(r.count), first_seen_at=r.first_seen_at,
+                             last_seen_at=r.last_seen_at, last_source=r.last_source,
+                             last_reason=r.last_reason) for r in self._exec(stmt)]
+
+    def lapsed_credentials(self, at: datetime, *, limit: int = 1000) -> list[Credential]:
+        """Issued, active or superseded credentials whose ``not_after`` is at or before ``at``."""
+        _check_limit(limit)
+        t = s.credentials
+        live = [st.value for st in (CredentialState.ISSUED, CredentialState.ACTIVE,
+                                    CredentialState.SUPERSEDED)]
+        stmt = (select(t).where(t.c.state.in_(live), t.c.not_after <= at)
+                .order_by(t.c.not_after, t.c.serial_number).limit(limit))
+        return [_credential(r) for r in self._exec(stmt)]
+
+    def count_live_credentials(self, issuer_ca_id: str, at: datetime) -> int:
+        """Unexpired issued/active/superseded credentials a CA issued (devices and services)."""
+        t = s.credentials
+        live = [st.value for st in (CredentialState.ISSUED, CredentialState.ACTIVE,
+                                    CredentialState.SUPERSEDED)]
+        return int(self._exec(select(func.count()).select_from(t).where(
+            t.c.issuer_ca_id == issuer_ca_id, t.c.state.in_(live), t.c.not_after > at))
+            .scalar_one())
+
+    def dormant_devices(self, before: datetime, *, limit: int = 1000,
+                        ) -> list[tuple[Device, datetime | None]]:
+        """ACTIVE or QUARANTINED devices not seen since ``before`` (never seen: by update time)."""
+        _check_limit(limit)
+        t = s.devices
+        stmt = (select(*_DEVICE_COLUMNS, t.c.last_seen_at)
+                .where(t.c.state.in_([DeviceState.ACTIVE.value, DeviceState.QUARANTINED.value]),
+                       ((t.c.last_seen_at.is_not(None)) & (t.c.last_seen_at < before))
+                       | ((t.c.last_seen_at.is_(None)) & (t.c.updated_at < before)))
+                .order_by(t.c.id).limit(limit))
+        return [(_device(r[:-1]), r[-1]) for r in self._exec(stmt)]
+
+
+def _rotation_row(r: RotationSession) -> dict[str, Any]:
+    return {"id": r.id, "device_id": r.device_id, "credential_serial": r.credential_serial,
+            "nonce_sha256": r.nonce_sha256, "state": r.state, "source": r.source,
+            "created_at": r.created_at, "expires_at": r.expires_at,
+            "consumed_at": r.consumed_at, "confirm_by": r.confirm_by,
+            "confirmed_at": r.confirmed_at, "new_credential_serial": r.new_credential_serial}
+
+
+def _rotation(row: Row[Any]) -> RotationSession:
+    return RotationSession(
+        id=row.id, device_id=row.device_id, credential_serial=row.credential_serial,
+        nonce_sha256=row.nonce_sha256, state=row.state, source=row.source,
+        created_at=row.created_at, expires_at=row.expires_at, consumed_at=row.consumed_at,
+        confirm_by=row.confirm_by, confirmed_at=row.confirmed_at,
+        new_credential_serial=row.new_credential_serial)
 
 
 def _message_counter(row: Row[Any]) -> MessageCounter:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from iotrust import __version__
 from iotrust.adapters.sql.store import Database
-from iotrust.api import broker_hooks, onboarding, operators
+from iotrust.api import broker_hooks, onboarding, operators, updates
 from iotrust.core import pki
 from iotrust.core.onboarding.reasons import REASONS
 from iotrust.core.records import ApiToken
@@ -94,6 +94,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     onboarding.install(app, state)
     app.include_router(broker_hooks.router(state,
                                            secret=broker_hooks.hook_secret_from_environment()))
+    app.include_router(updates.router(state, require))
     return app
 
 

@@ -77,6 +77,7 @@ from iotrust.services.credentials import (
 )
 from iotrust.services.domain import Secrets, active_issuing_ca, require_domain, root_ca
 from iotrust.services.settings import Settings
+from iotrust.services.updates import update_root_bundle
 
 __all__ = [
     "ACTOR",
@@ -424,7 +425,8 @@ class OnboardingService:
             certificate=issued.certificate.public_bytes(Encoding.DER),
             ca_chain=(pki.load_certificate(issued.ca.certificate_pem.encode())
                       .public_bytes(Encoding.DER), root.public_bytes(Encoding.DER)),
-            broker=Broker(config.broker_host, config.broker_port), update_root=b"",
+            broker=Broker(config.broker_host, config.broker_port),
+            update_root=update_root_bundle(self._settings),
             policy=render_policy(device.id), confirm_by=confirm_by)
 
     # -- confirm -----------------------------------------------------------------------------

@@ -7,10 +7,12 @@
   subscription, a denied publish to another device's topic, a realistic mix). Floor: the same
   loop doing only a dict lookup and a tuple comparison per request (what any decision must do at
   least: find the device, compare the request). Target: ≥ 500,000 decisions/s for the mix.
-- ``emqx_authz_http``: ``POST /v1/broker/emqx/authz`` against a real ``iotrust serve``
-  (uvicorn, SQLite registry with many devices) from a few threads, each with one keep-alive
-  httpx client. Floor: the same endpoint without the shared secret (refused before any parsing
-  or database work: the HTTP stack's own cost). Target: ≥ 10,000 decisions/s.
+- ``emqx_authz_http``: ``POST /v1/broker/emqx/authz`` against real ``iotrust serve`` processes
+  (one per CPU, single-worker, sharing one SQLite registry with many devices; see
+  :func:`_serve` for why not ``--workers``) from a few threads, each with one keep-alive
+  httpx client (``TCP_NODELAY``). Floor: the same endpoint without the shared secret (refused
+  before any parsing or database work: the HTTP stack's own cost). Target: ≥ 10,000
+  decisions/s.
 
 ``python -m benchmarks.decide [--quick]`` prints the rows. Nothing is asserted.
 """
@@ -28,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -145,15 +147,16 @@ def _seed_registry(folder: Path, devices: int) -> list[str]:
 
 
 @contextmanager
-def _serve(folder: Path, workers: int) -> Iterator[str]:
+def _serve_one(folder: Path, index: int) -> Iterator[str]:
+    """One ``iotrust serve --workers 1`` on a free port; yields its URL."""
     port = _free_port()
     env = {**os.environ, "IOTRUST_DATA": str(folder), "IOTRUST_BROKER_HOOK_SECRET": SECRET}
     env.pop("IOTRUST_DATABASE_URL", None)
-    log = folder / "serve.log"
+    log = folder / f"serve-{index}.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "iotrust.cli.main", "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", str(workers)],
+             "--port", str(port), "--workers", "1"],
             env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -179,12 +182,25 @@ def _serve(folder: Path, workers: int) -> Iterator[str]:
             proc.wait()
 
 
+@contextmanager
+def _serve(folder: Path, instances: int) -> Iterator[list[str]]:
+    """``instances`` single-worker servers on one registry, as behind a load balancer.
+
+    Not ``--workers N``: uvicorn 0.54 binds the shared socket of its worker processes without
+    ``IPPROTO_TCP``, so asyncio does not set ``TCP_NODELAY`` on their connections and every
+    response waits ~40 ms for the client's delayed ACK (measured here: 1.6 ms per request with
+    one worker, 45 ms with two, on a bare ASGI app).
+    """
+    with ExitStack() as stack:
+        yield [stack.enter_context(_serve_one(folder, i)) for i in range(instances)]
+
+
 def _check(response: httpx.Response) -> None:
     if response.status_code != 200:
         raise RuntimeError(f"authz answered {response.status_code}")
 
 
-def _drive(url: str, bodies: list[bytes], headers: dict[str, str], threads: int,
+def _drive(urls: list[str], bodies: list[bytes], headers: dict[str, str], threads: int,
            seconds: float) -> tuple[float, int, int]:
     """Requests/s from ``threads`` keep-alive clients for ``seconds``; (rate, allows, total)."""
     stop = time.perf_counter() + seconds
@@ -199,7 +215,7 @@ def _drive(url: str, bodies: list[bytes], headers: dict[str, str], threads: int,
         transport = httpx.HTTPTransport(
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         try:
-            with httpx.Client(base_url=url, timeout=30.0, headers=headers,
+            with httpx.Client(base_url=urls[offset % len(urls)], timeout=30.0, headers=headers,
                               transport=transport) as client:
                 i = offset
                 while time.perf_counter() < stop:
@@ -227,11 +243,12 @@ def _drive(url: str, bodies: list[bytes], headers: dict[str, str], threads: int,
     return total / elapsed, sum(c[1] for c in counts), total
 
 
-def over_http(quick: bool, *, workers: int | None = None, threads: int = 8) -> list[dict[str, Any]]:
+def over_http(quick: bool, *, instances: int | None = None, threads: int = 8,
+              ) -> list[dict[str, Any]]:
     """Authorization decisions per second through the EMQX-format hook of a real server."""
     devices = 1_000 if quick else 10_000
     seconds = 2.0 if quick else 6.0
-    workers = workers or os.cpu_count() or 1
+    instances = instances or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="iotrust-bench-decide-") as tmp:
         folder = Path(tmp)
         ids = _seed_registry(folder, devices)
@@ -242,13 +259,14 @@ def over_http(quick: bool, *, workers: int | None = None, threads: int = 8) -> l
             bodies.append(json.dumps({"clientid": device, "username": device,
                                       "topic": f"devices/{target}/telemetry",
                                       "action": "publish", "peerhost": "127.0.0.1"}).encode())
-        with _serve(folder, workers) as url:
-            _drive(url, bodies, {HEADER: SECRET}, threads, 0.5)  # warm-up
-            floor, _, floor_n = _drive(url, bodies, {}, threads, seconds)
-            rate, allows, total = _drive(url, bodies, {HEADER: SECRET}, threads, seconds)
+        with _serve(folder, instances) as urls:
+            _drive(urls, bodies, {HEADER: SECRET}, threads, 0.5)  # warm-up
+            floor, _, floor_n = _drive(urls, bodies, {}, threads, seconds)
+            rate, allows, total = _drive(urls, bodies, {HEADER: SECRET}, threads, seconds)
     return [{"name": "emqx_authz_http", "rate": rate, "floor": floor, "ratio": rate / floor,
              "unit": "decisions/s",
-             "extra": {"devices": devices, "server_workers": workers, "client_threads": threads,
+             "extra": {"devices": devices, "server_instances": instances,
+                       "client_threads": threads,
                        "seconds": seconds, "requests": total, "allowed": allows,
                        "floor_requests": floor_n,
                        "floor_is": "same endpoint without the secret (denied before any work)",

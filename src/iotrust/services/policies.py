@@ -17,6 +17,7 @@ This module does not talk to a broker and does not render ACL files.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -325,20 +326,28 @@ def resolve_all(db: Database) -> dict[str, Policy]:
 def decide_for(db: Database, device_id: str, action: Action, topic: str) -> Decision:
     """The registry's answer for one request: the device's state and policy, then ``decide``.
 
-    An unknown (or malformed) device id is ``unknown_device``; never raises for bad input.
+    An unknown (or malformed) device id is ``unknown_device``; never raises for bad input (a
+    registry failure is a :class:`~iotrust.errors.BackendError`). One read-only transaction of
+    two prebuilt statements; parsed and merged policies are memoised, so the rendered rules of a
+    device are reused from one request to the next.
     """
     state: DeviceState | None = None
-    policies: list[Policy] = []
-    if isinstance(device_id, str) and len(device_id) <= 64:  # noqa: PLR2004 - bound the lookup
+    assigned: Policy | None = None
+    if isinstance(device_id, str) and DEVICE_ID_RE.fullmatch(device_id):
         with db.transaction(readonly=True) as tx:
-            try:
-                state = tx.get_device(device_id).state
-            except NotFoundError:
-                state = None
-            if state in (DeviceState.ACTIVE, DeviceState.QUARANTINED):
-                policies = tx.policies_for_device(device_id)
-    return decide(device_id if state is not None else None, state,
-                  _combine(policies) if policies else None, action, topic)
+            state = tx.device_state(device_id)
+            if state in _CONNECTED:
+                found = tx.policies_for_device(device_id)
+                assigned = _combined(tuple(found)) if found else None
+    return decide(device_id if state is not None else None, state, assigned, action, topic)
+
+
+_CONNECTED = (DeviceState.ACTIVE, DeviceState.QUARANTINED)
+
+
+@functools.lru_cache(maxsize=1024)
+def _combined(policies: tuple[Policy, ...]) -> Policy:
+    return _combine(policies)
 
 
 def broker_login(db: Database, clock: Clock, device_id: str, *, source: str,

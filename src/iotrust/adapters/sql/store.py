@@ -35,7 +35,9 @@ from sqlalchemy import (
     Executable,
     Row,
     Table,
+    Text,
     bindparam,
+    cast,
     create_engine,
     delete,
     event,
@@ -342,6 +344,35 @@ def _event(row: Row[Any]) -> EventRow:
 def _policy(name: str, rules: Any) -> Policy:  # noqa: ANN401 - JSON from the driver
     value = json.loads(rules) if isinstance(rules, str) else rules
     return Policy(name, rules_from_json(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_policy(name: str, rules_text: str) -> Policy:
+    """A stored policy from its rules' JSON text, memoised (the hot path of broker hooks)."""
+    try:
+        value = json.loads(rules_text)
+    except ValueError:
+        raise InputError(f"stored rules of policy {name!r:.80} are not JSON",
+                         reason="policy_invalid") from None
+    return Policy(name, rules_from_json(value))
+
+
+def _policies_for_device_statement() -> Executable:
+    p, g, m, dm, d = (s.policies, s.device_groups, s.device_group_members, s.device_models,
+                      s.devices)
+    rules_text = cast(p.c.rules, Text).label("rules")
+    groups = (select(literal(0).label("o"), g.c.name.label("k"), p.c.name, rules_text)
+              .select_from(m.join(g, g.c.name == m.c.group_name).join(p, p.c.name == g.c.policy))
+              .where(m.c.device_id == bindparam("device_id")))
+    model = (select(literal(1).label("o"), dm.c.name.label("k"), p.c.name, rules_text)
+             .select_from(d.join(dm, dm.c.name == d.c.model).join(p, p.c.name == dm.c.policy))
+             .where(d.c.id == bindparam("device_id")))
+    union = groups.union_all(model).subquery()
+    return select(union.c.name, union.c.rules).order_by(union.c.o, union.c.k)
+
+
+_POLICIES_FOR_DEVICE: Final = _policies_for_device_statement()
+_DEVICE_STATE: Final = select(s.devices.c.state).where(s.devices.c.id == bindparam("id"))
 
 
 def _policy_record(row: Row[Any]) -> PolicyRecord:
@@ -1412,24 +1443,19 @@ class Tx:
     def policies_for_device(self, device_id: str) -> list[Policy]:
         """The policies that apply to a device: its groups' (by group name), then its model's.
 
-        Duplicates are removed; an empty list means the default policy applies.
+        Duplicates are removed; an empty list means the default policy applies. One prebuilt
+        statement; parsed policies are memoised by (name, stored rules text).
         """
-        p, g, m, dm, d = (s.policies, s.device_groups, s.device_group_members, s.device_models,
-                          s.devices)
-        groups = (select(literal(0).label("o"), g.c.name.label("k"), p.c.name, p.c.rules)
-                  .select_from(m.join(g, g.c.name == m.c.group_name)
-                               .join(p, p.c.name == g.c.policy))
-                  .where(m.c.device_id == device_id))
-        model = (select(literal(1).label("o"), dm.c.name.label("k"), p.c.name, p.c.rules)
-                 .select_from(d.join(dm, dm.c.name == d.c.model)
-                              .join(p, p.c.name == dm.c.policy))
-                 .where(d.c.id == device_id))
-        rows = self._exec(groups.union_all(model).order_by("o", "k"))
         seen: dict[str, Policy] = {}
-        for row in rows:
-            if row.name not in seen:
-                seen[row.name] = _policy(row.name, row.rules)
+        for name, rules in self._exec(_POLICIES_FOR_DEVICE, {"device_id": device_id}):
+            if name not in seen:
+                seen[name] = _parse_policy(name, rules)
         return list(seen.values())
+
+    def device_state(self, device_id: str) -> DeviceState | None:
+        """The device's lifecycle state, or ``None`` if the registry does not know it."""
+        row = self._exec(_DEVICE_STATE, {"id": device_id}).first()
+        return DeviceState(row[0]) if row is not None else None
 
     def policy_assignments(self) -> list[tuple[str, str]]:
         """``(device_id, policy name)`` for every device that has a group or model policy."""

@@ -268,3 +268,16 @@ def test_hooks_on_a_real_iotrust_serve(registry: tuple[Settings, Database]) -> N
         assert (no_secret.status_code, no_secret.json()) == (200, DENY)
         login = http.post(AUTHN, json={"clientid": ACTIVE, "username": ACTIVE}, headers=HEADERS)
         assert (login.status_code, login.json()) == (200, LOGIN_OK)
+
+
+def test_a_registry_failure_is_a_deny_not_an_error(
+        client: TestClient, registry: tuple[Settings, Database]) -> None:
+    """EMQX reads an error status as "ignore": a broken registry must still answer deny."""
+    _, db = registry
+    topic = f"devices/{ACTIVE}/telemetry"
+    assert result(authz(client, ACTIVE, "publish", topic)) == ALLOW
+    with db._engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE devices RENAME TO devices_gone")
+    assert result(authz(client, ACTIVE, "publish", topic)) == DENY
+    body = {"clientid": ACTIVE, "username": ACTIVE}
+    assert result(client.post(AUTHN, content=json.dumps(body), headers=HEADERS)) == DENY

@@ -15,7 +15,8 @@ follows MQTT 3.1.1/5 matching exactly: ``+`` is one level (possibly empty), ``#`
 including the parent level, and wildcards in the first level never match ``$``-topics. A publish
 topic must not contain wildcards; a subscription filter is allowed only if every topic it can match
 is allowed by one rule (:func:`filter_covers`). Decisions do no regex and no rendering per call:
-each policy is compiled once, in its constructor, into split levels and a set of exact templates.
+each policy is compiled once, in its constructor, into split levels; its per-device rendering
+(exact topics, ``/#`` prefixes) is memoised, so the common request is one set lookup.
 
 This module does no I/O: policies come from the registry through the services, the device state
 is an argument. It does not know which broker enforces the result.

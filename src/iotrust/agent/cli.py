@@ -6,6 +6,13 @@ Commands::
                           [--ca-bundle PEM | --insecure-first-contact]
     iotrust-agent status --state DIR [--json]
     iotrust-agent rotate --state DIR --server URL [--force] [--ca-bundle PEM] [--json]
+    iotrust-agent run --state DIR [--interval S] [--count N] [--spool DIR]
+    iotrust-agent gateway --state DIR --downstream DIR [DIR ...] [--count N]
+
+``run`` publishes signed telemetry (:mod:`.telemetry`) on the device's own MQTT connection, or
+into a gateway's spool folder with ``--spool``; ``gateway`` relays the envelopes of downstream
+devices from their spool folders on the gateway's own connection (:mod:`.gateway`). Both stop on
+SIGTERM/SIGINT after the message in flight, persisting the message counter.
 
 **TLS at first contact.** A device cannot know its owner's TLS root before onboarding: that is
 what onboarding tells it. What protects the device is not the server's TLS certificate but the
@@ -28,15 +35,21 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import signal
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Final, TextIO
 
-from iotrust.agent.keys import FILE_STORAGE
+from iotrust.adapters.mqtt.client import MqttSession
+from iotrust.agent.gateway import Gateway, Spool, SpoolPublisher
+from iotrust.agent.keys import FILE_STORAGE, close_signer, open_operational_signer
 from iotrust.agent.onboard import onboard
 from iotrust.agent.rotate import rotate
 from iotrust.agent.state import load_state
+from iotrust.agent.telemetry import CounterFile, DeviceSealer, mqtt_endpoint, run_telemetry
 from iotrust.agent.transport import HttpTransport, RetryPolicy
 from iotrust.errors import IotrustError, TrustError
 
@@ -86,6 +99,25 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="Show what the agent holds.")
     st.add_argument("--state", required=True, type=Path, help="The agent's state folder.")
     st.add_argument("--json", action="store_true", help="Print JSON.")
+
+    rn = sub.add_parser("run", help="Publish signed telemetry.",
+                        description="Seal telemetry with the operational key and publish it on "
+                                    "devices/<id>/telemetry (or spool it for a gateway).")
+    rn.add_argument("--state", required=True, type=Path, help="The agent's state folder.")
+    rn.add_argument("--interval", type=float, default=10.0, help="Seconds between messages.")
+    rn.add_argument("--count", type=int, default=None, help="Stop after N messages.")
+    rn.add_argument("--spool", type=Path, default=None,
+                    help="Write sealed messages into this gateway spool folder instead of "
+                         "publishing them.")
+
+    gw = sub.add_parser("gateway", help="Relay signed messages of downstream devices.",
+                        description="Publish the envelopes downstream devices sealed (spool "
+                                    "folders) on the gateway's own MQTT connection.")
+    gw.add_argument("--state", required=True, type=Path, help="The gateway's state folder.")
+    gw.add_argument("--downstream", required=True, type=Path, nargs="+",
+                    help="Spool folders of the downstream devices.")
+    gw.add_argument("--poll", type=float, default=0.2, help="Seconds between spool scans.")
+    gw.add_argument("--count", type=int, default=None, help="Stop after relaying N messages.")
     return parser
 
 
@@ -177,6 +209,69 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not 0 <= args.interval <= 86_400:  # noqa: PLR2004
+        parser.error("--interval must be 0..86400 seconds")
+    if args.count is not None and args.count < 1:
+        parser.error("--count must be at least 1")
+    state = load_state(args.state)
+    signer = open_operational_signer(state.operational_key_ref)
+    sealer = DeviceSealer(state, signer, CounterFile(args.state))
+    stop = _stop_on_signals()
+
+    def refused(counter: int, code: int) -> None:
+        _say(f"refused by the broker: message {counter} (reason code 0x{code:02x})", sys.stderr)
+
+    try:
+        if args.spool is not None:
+            published, denied = run_telemetry(sealer, SpoolPublisher(args.spool),
+                                              interval_s=args.interval, count=args.count,
+                                              stop=stop, on_refused=refused)
+        else:
+            with MqttSession(mqtt_endpoint(args.state, state),
+                             client_id=state.device_id) as session:
+                session.connect()
+                published, denied = run_telemetry(sealer, session, interval_s=args.interval,
+                                                  count=args.count, stop=stop,
+                                                  on_refused=refused)
+    finally:
+        sealer.close()
+        close_signer(signer)
+    _say(f"published {published} signed messages as {state.device_id}"
+         + (f"; {denied} refused by the broker" if denied else ""))
+    if denied:
+        raise TrustError(f"the broker refused {denied} of {published + denied} messages",
+                         reason="broker_refused")
+    return EXIT_OK
+
+
+def _gateway(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not 0 < args.poll <= 60:  # noqa: PLR2004
+        parser.error("--poll must be in (0, 60]")
+    state = load_state(args.state)
+    gateway_stop = _stop_on_signals()
+    spools = [Spool(path) for path in args.downstream]
+    with MqttSession(mqtt_endpoint(args.state, state), client_id=state.device_id) as session:
+        session.connect()
+        _say(f"gateway {state.device_id} relaying for {len(spools)} spool folder(s)",
+             sys.stderr)
+        stats = Gateway(spools, session).run(gateway_stop, poll_s=args.poll,
+                                             max_messages=args.count)
+    _say(json.dumps(stats.as_dict(), sort_keys=True))
+    return EXIT_OK
+
+
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; return the exit code."""
     parser = _parser()
@@ -185,11 +280,9 @@ def run(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        if args.command == "onboard":
-            return _onboard(args, parser)
-        if args.command == "rotate":
-            return _rotate(args, parser)
-        return _status(args)
+        commands = {"onboard": _onboard, "rotate": _rotate, "run": _run, "gateway": _gateway}
+        command = commands.get(args.command)
+        return command(args, parser) if command is not None else _status(args)
     except SystemExit as exc:  # parser.error() inside a command
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except IotrustError as exc:

@@ -356,3 +356,21 @@ zombies = Table(
     Index(None, "last_seen_at"),
     Index(None, "device_id"),
 )
+
+#: Signed device messages accepted by the ingest service (its database sink, 0006).
+ingested_messages = Table(
+    "ingested_messages", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("device_id", String(64), ForeignKey("devices.id"), nullable=False),
+    Column("counter", BigInteger, nullable=False),
+    Column("device_time_ms", BigInteger, nullable=False),
+    Column("topic", String(1024), nullable=False),
+    Column("content_type", String(128), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("credential_serial", String(64), nullable=False),
+    Column("device_state", String(16), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Index(None, "device_id", "counter"),
+    Index(None, "received_at"),
+)

@@ -60,6 +60,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import text
 
 from iotrust.adapters.sql import schema as s
+from iotrust.core.ingest import VerifiedMessage
 from iotrust.core.lifecycle import (
     CredentialState,
     Device,
@@ -1509,6 +1510,32 @@ class Tx:
         if inserts:
             self._insert(t, inserts)
 
+    # -- ingested messages (the ingest service's database sink, revision 0005) ---------------
+
+    def add_ingested_messages(self, messages: Sequence[tuple[VerifiedMessage, datetime]]) -> None:
+        """Insert accepted messages with the time each was received (one executemany)."""
+        self._writable()
+        if messages:
+            self._insert(s.ingested_messages, [_ingested_row(m, at) for m, at in messages])
+
+    def count_ingested_messages(self, device_id: str | None = None) -> int:
+        """How many accepted messages are stored (of one device, or in total)."""
+        t = s.ingested_messages
+        stmt = select(func.count()).select_from(t)
+        if device_id is not None:
+            stmt = stmt.where(t.c.device_id == device_id)
+        return int(self._exec(stmt).scalar_one())
+
+    def list_ingested_messages(self, device_id: str | None = None, *, after_id: int = 0,
+                               limit: int = 100) -> list[tuple[int, datetime, VerifiedMessage]]:
+        """Stored messages in insertion order: ``(id, received_at, message)``."""
+        _check_limit(limit)
+        t = s.ingested_messages
+        stmt = select(t).where(t.c.id > after_id).order_by(t.c.id).limit(limit)
+        if device_id is not None:
+            stmt = stmt.where(t.c.device_id == device_id)
+        return [(int(r.id), r.received_at, _ingested(r)) for r in self._exec(stmt)]
+
     # -- credential lifecycle: rotation, campaigns, zombies, expiry (revision 0005) ---------
 
     def add_rotation_session(self, session: RotationSession) -> None:
@@ -1709,6 +1736,24 @@ def _rotation(row: Row[Any]) -> RotationSession:
         created_at=row.created_at, expires_at=row.expires_at, consumed_at=row.consumed_at,
         confirm_by=row.confirm_by, confirmed_at=row.confirmed_at,
         new_credential_serial=row.new_credential_serial)
+
+
+def _ingested_row(m: VerifiedMessage, at: datetime) -> dict[str, Any]:
+    return {"device_id": m.device_id, "counter": m.counter, "device_time_ms": m.timestamp,
+            "topic": m.topic, "content_type": str(m.content_type), "payload": m.payload,
+            "credential_serial": m.credential_serial, "device_state": m.device_state.value,
+            "received_at": at}
+
+
+def _ingested(row: Row[Any]) -> VerifiedMessage:
+    content_type: str | int = row.content_type
+    if row.content_type.isdigit():  # a CoAP Content-Format number (media types contain "/")
+        content_type = int(row.content_type)
+    return VerifiedMessage(device_id=row.device_id, counter=int(row.counter),
+                           timestamp=int(row.device_time_ms), topic=row.topic,
+                           content_type=content_type, payload=bytes(row.payload),
+                           credential_serial=row.credential_serial,
+                           device_state=DeviceState(row.device_state))
 
 
 def _message_counter(row: Row[Any]) -> MessageCounter:

@@ -149,7 +149,7 @@ def _serve(host: str, port: int, workers: int) -> None:
     uvicorn.run("iotrust.api.app:app_from_environment", factory=True, host=host, port=port,
                 workers=workers, log_level="warning",
                 # Never trust X-Forwarded-For by default: per-source rate limits count the peer.
-                proxy_headers=False)
+                proxy_headers=False, http="iotrust.api.transport:NoDelayH11Protocol")
 
 
 @domain_app.command("show")

@@ -16,8 +16,9 @@ devices/#`` and nothing else) and, for each message, in one thread:
 
 Events. Refusals are ``ingest.refused`` with the verifier's reason; a message signed by a
 revoked or expired credential, or by a retired device, is a ``zombie.contact`` (reason
-``revoked``, ``expired`` or ``retired``) — only when the signature verifies with that
-credential, otherwise it is an ordinary refusal. Events are **aggregated** per (kind, device,
+``revoked``, ``expired`` or ``retired``; also counted in the ``zombies`` table, channel
+``ingest``, one contact per event) — only when the signature verifies with that credential,
+otherwise it is an ordinary refusal. Events are **aggregated** per (kind, device,
 reason): the first refusal is recorded at once (``count`` 1); later ones within
 ``aggregate_interval_s`` (default 10 s) are counted and recorded as one event with their
 ``count`` when the interval ends, so a flood of bad messages costs one event per device and
@@ -489,8 +490,15 @@ class IngestService:
     def _write_event(self, kind: str, device_id: str | None, reason: str,
                      data: Mapping[str, Any]) -> None:
         try:
-            eventlog.record_refusal(self._db, self._clock, kind, actor=INGEST_SERVICE,
-                                    reason=reason, device_id=device_id, data=data)
+            with self._db.transaction() as tx:
+                if kind == ZOMBIE_CONTACT and device_id is not None:
+                    # the zombies table (``iotrust zombies``) counts one contact per event;
+                    # the event's ``count`` says how many messages it stands for
+                    tx.record_zombie(identity=device_id, where="ingest", device_id=device_id,
+                                     at=self._clock.now(), source=str(data.get("topic", "")),
+                                     reason=reason)
+                eventlog.record(tx, self._clock, kind, actor=INGEST_SERVICE, reason=reason,
+                                device_id=device_id, data=data)
         except IotrustError as exc:  # the log is down: keep verifying, say so
             log.warning("could not record %s for %s: %s", kind, device_id, exc.reason)
 

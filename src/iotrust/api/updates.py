@@ -17,13 +17,14 @@ This module holds no logic beyond mapping requests to services.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse
 
 from iotrust.core.records import ApiToken
-from iotrust.services import updates
+from iotrust.errors import InputError, NotFoundError
+from iotrust.services import rollouts, updates
 
 if TYPE_CHECKING:
     from iotrust.api.app import AppState
@@ -34,7 +35,6 @@ MAX_STATUS_BYTES = 4096
 def router(state: AppState, require: Callable[[str], Callable[..., ApiToken]]) -> APIRouter:
     """The update routes bound to ``state``."""
     api = APIRouter(tags=["updates"])
-    del require  # operator routes come with rollouts
 
     @api.get("/v1/tuf/image/metadata/{name}", response_class=FileResponse)
     def image_metadata(name: str) -> FileResponse:
@@ -55,4 +55,40 @@ def router(state: AppState, require: Callable[[str], Callable[..., ApiToken]]) -
                                               device_id, name)
         return FileResponse(path, media_type="application/json")
 
+    @api.post("/v1/updates/status")
+    async def status(request: Request) -> JSONResponse:
+        """A device's signed status report."""
+        body = await request.body()
+        if len(body) > MAX_STATUS_BYTES:
+            raise InputError("status report too large", reason="too_large")
+        result = rollouts.report_status(state.db, state.settings, state.secrets, state.clock,
+                                        body)
+        return JSONResponse(result)
+
+    _operator_routes(api, state, require)
     return api
+
+
+def _operator_routes(api: APIRouter, state: AppState,
+                     require: Callable[[str], Callable[..., ApiToken]]) -> None:
+    """Rollout progress and pause/resume/abort for operators."""
+    Reader = Annotated[ApiToken, Depends(require("read"))]  # noqa: N806
+    Writer = Annotated[ApiToken, Depends(require("write"))]  # noqa: N806
+
+    @api.get("/v1/rollouts")
+    def list_rollouts(_: Reader) -> list[dict[str, Any]]:
+        """Every rollout with its progress."""
+        return [r.as_dict() for r in rollouts.list_rollouts(state.db)]
+
+    @api.get("/v1/rollouts/{rollout_id}")
+    def rollout_status(rollout_id: str, _: Reader) -> dict[str, Any]:
+        """One rollout's progress."""
+        return rollouts.status(state.db, rollout_id).as_dict()
+
+    @api.post("/v1/rollouts/{rollout_id}/{action}")
+    def rollout_action(rollout_id: str, action: str, token: Writer) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``abort`` a rollout."""
+        if action not in ("pause", "resume", "abort"):
+            raise NotFoundError("no such action", reason="not_found")
+        return rollouts.act(state.db, state.settings, state.secrets, state.clock, rollout_id,
+                            action=action, actor=f"token:{token.name}").as_dict()

@@ -131,12 +131,30 @@ def init_updates(settings: Settings, backend: KeyBackend, clock: Clock, *,
     return keyring
 
 
+_OPENED: dict[tuple[Secrets, str], Any] = {}
+_OPENED_MAX: Final = 64
+
+
+def _open_cached(secrets: Secrets) -> Any:  # noqa: ANN401 - a key opener
+    """Open update keys once per process (like the API's CA key cache): decrypting is slow."""
+
+    def open_key(ref: str) -> Any:  # noqa: ANN401 - a Signer
+        key = (secrets, ref)
+        if key not in _OPENED:
+            if len(_OPENED) >= _OPENED_MAX:
+                _OPENED.clear()
+            _OPENED[key] = secrets.open(ref)
+        return _OPENED[key]
+
+    return open_key
+
+
 def open_image(settings: Settings, secrets: Secrets, *,
                lifetimes: Lifetimes | None = None) -> ImageRepository:
     """The image repository, its keys opened on demand with ``secrets``."""
     paths = UpdatePaths.of(settings)
     keyring = Keyring.load(paths.keyring)
-    return ImageRepository(paths.image, RoleSigners(keyring, "image", secrets.open),
+    return ImageRepository(paths.image, RoleSigners(keyring, "image", _open_cached(secrets)),
                            lifetimes=lifetimes)
 
 
@@ -145,7 +163,7 @@ def open_director(settings: Settings, secrets: Secrets, *,
     """The director, its keys opened on demand with ``secrets``."""
     paths = UpdatePaths.of(settings)
     keyring = Keyring.load(paths.keyring)
-    return Director(paths.director, RoleSigners(keyring, "director", secrets.open),
+    return Director(paths.director, RoleSigners(keyring, "director", _open_cached(secrets)),
                     lifetimes=lifetimes)
 
 

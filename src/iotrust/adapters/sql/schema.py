@@ -374,3 +374,61 @@ ingested_messages = Table(
     Index(None, "device_id", "counter"),
     Index(None, "received_at"),
 )
+
+# -- 0007: signed updates: releases, rollouts, per-device progress and report counters -----------
+
+ROLLOUT_STATES = ("active", "paused", "aborted", "completed")
+ROLLOUT_DEVICE_STATES = ("pending", "downloading", "installed", "committed", "rolled_back",
+                         "rejected")
+
+#: Published firmware releases; ``targets`` maps each hardware class to its published path.
+releases = Table(
+    "releases", metadata,
+    Column("id", String(128), primary_key=True),
+    Column("component", String(64), nullable=False),
+    Column("release_counter", BigInteger, nullable=False),
+    Column("hw_class_ids", JSON, nullable=False),
+    Column("min_agent_version", String(32), nullable=False),
+    Column("targets", JSON, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("component", "release_counter"),
+)
+
+rollouts = Table(
+    "rollouts", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("release_id", String(128), ForeignKey("releases.id"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("policy", JSON, nullable=False),
+    Column("wave_index", Integer, nullable=False),
+    Column("reason", String(64), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index(None, "state"),
+    _states("state", ROLLOUT_STATES),
+)
+
+#: One row per device of a rollout; ``released_at`` NULL: not (or no longer) offered.
+rollout_devices = Table(
+    "rollout_devices", metadata,
+    Column("rollout_id", String(64), ForeignKey("rollouts.id"), primary_key=True),
+    Column("device_id", String(30), ForeignKey("devices.id"), primary_key=True),
+    Column("bucket", String(20), nullable=False),
+    Column("wave", Integer, nullable=False),
+    Column("released_at", UtcDateTime(), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(64), nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index(None, "rollout_id", "wave"),
+    Index(None, "device_id"),
+    _states("status", ROLLOUT_DEVICE_STATES),
+)
+
+#: The highest status-report counter accepted per device, and what it runs.
+device_updates = Table(
+    "device_updates", metadata,
+    Column("device_id", String(30), ForeignKey("devices.id"), primary_key=True),
+    Column("report_counter", BigInteger, nullable=False),
+    Column("installed_release", String(128), nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)

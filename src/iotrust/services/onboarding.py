@@ -68,7 +68,7 @@ from iotrust.core.records import OnboardingSession, SessionState, TrustDomain
 from iotrust.core.vouchers import SignedVoucher, decode_voucher
 from iotrust.errors import ConflictError, InputError, IotrustError, NotFoundError, TrustError
 from iotrust.ports import Clock
-from iotrust.services import eventlog
+from iotrust.services import eventlog, zombies
 from iotrust.services.credentials import (
     DEFAULT_CREDENTIAL_LIFETIME,
     Issuer,
@@ -506,10 +506,11 @@ class OnboardingService:
                 eventlog.record(tx, self._clock, ev.ONBOARDING_REFUSED, actor=ACTOR,
                                 device_id=seen.device_id, reason=exc.reason, data=data)
                 if exc.reason == r.RETIRED:
-                    eventlog.record(tx, self._clock, ev.ZOMBIE_CONTACT, actor=ACTOR,
-                                    device_id=seen.device_id, reason=r.RETIRED,
-                                    data={"channel": f"onboarding.{seen.step}",
-                                          "serial": seen.serial, "source": seen.source})
+                    # counted per identity in the zombies table, with its zombie.contact event
+                    zombies.record_contact_tx(
+                        tx, self._clock, where="onboarding", source=seen.source,
+                        identity=seen.device_id or f"serial:{seen.serial}", reason=r.RETIRED,
+                        device_id=seen.device_id, actor=ACTOR)
         except IotrustError as failure:  # the device still gets its refusal
             _log.warning("recording an onboarding refusal failed: %s", failure.reason)
             return

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from iotrust import __version__
 from iotrust.adapters.sql.store import Database
-from iotrust.api import broker_hooks, lifecycle, onboarding, operators, updates
+from iotrust.api import broker_hooks, lifecycle, limits, onboarding, operators, updates
 from iotrust.core import pki
 from iotrust.core.onboarding.reasons import REASONS
 from iotrust.core.records import ApiToken
@@ -57,6 +57,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     state = AppState(settings, db or Database.open(settings.database_url), clock or SystemClock(),
                      secrets or Secrets())
     app.state.iotrust = state
+    limits.install(app)  # every request body bounded (413 past IOTRUST_MAX_BODY_BYTES)
 
     @app.exception_handler(IotrustError)
     async def _iotrust_error(_: Request, exc: IotrustError) -> JSONResponse:

@@ -8,6 +8,8 @@ Commands::
     iotrust-agent rotate --state DIR --server URL [--force] [--ca-bundle PEM] [--json]
     iotrust-agent run --state DIR [--interval S] [--count N] [--spool DIR]
     iotrust-agent gateway --state DIR --downstream DIR [DIR ...] [--count N]
+    iotrust-agent update --state DIR --server URL [--hw-class H] [--install-hook CMD]
+                         [--health-hook CMD] [--ca-bundle PEM | --insecure-http] [--json]
 
 ``run`` publishes signed telemetry (:mod:`.telemetry`) on the device's own MQTT connection, or
 into a gateway's spool folder with ``--spool``; ``gateway`` relays the envelopes of downstream
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import signal
 import sys
@@ -109,6 +112,24 @@ def _parser() -> argparse.ArgumentParser:
     rn.add_argument("--spool", type=Path, default=None,
                     help="Write sealed messages into this gateway spool folder instead of "
                          "publishing them.")
+
+    up = sub.add_parser("update", help="Poll for signed updates and apply them.",
+                        description="One update cycle: director and image repository (TUF), "
+                                    "A/B install, health check, commit or roll back, signed "
+                                    "status reports.")
+    up.add_argument("--state", required=True, type=Path, help="The agent's state folder.")
+    up.add_argument("--server", required=True, help="The server's base URL.")
+    up.add_argument("--hw-class", default=None,
+                    help="This device's hardware class (needed on the first update).")
+    up.add_argument("--install-hook", default=None,
+                    help="Command installing $IOTRUST_IMAGE into $IOTRUST_SLOT (exit 0: ok).")
+    up.add_argument("--health-hook", default=None,
+                    help="Command checking the new slot $IOTRUST_SLOT (exit 0: healthy).")
+    uptls = up.add_mutually_exclusive_group()
+    uptls.add_argument("--ca-bundle", type=Path, help="Verify TLS against this PEM bundle.")
+    uptls.add_argument("--insecure-http", action="store_true",
+                       help="Allow plain http:// (the TUF signatures still protect updates).")
+    up.add_argument("--json", action="store_true", help="Print the outcomes as JSON.")
 
     gw = sub.add_parser("gateway", help="Relay signed messages of downstream devices.",
                         description="Publish the envelopes downstream devices sealed (spool "
@@ -272,6 +293,35 @@ def _gateway(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+def _update(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from iotrust.agent import updates  # noqa: PLC0415 - python-tuf is loaded only to update
+
+    plain = args.server.lower().startswith("http://")
+    if plain and not args.insecure_http:
+        parser.error("a plain http:// server needs --insecure-http")
+    verify: bool | str = str(args.ca_bundle) if args.ca_bundle is not None else not plain
+    client, close = updates.client_for(args.state, server_url=args.server, verify=verify,
+                                       pin=os.environ.get("IOTRUST_PKCS11_PIN"),
+                                       install_command=args.install_hook,
+                                       health_command=args.health_hook)
+    try:
+        if not (client.base / updates.STATE_FILE).exists():
+            if args.hw_class is None:
+                parser.error("the first update needs --hw-class")
+            client.initialise(load_state(args.state).update_root, args.hw_class)
+        outcomes = client.poll()
+    finally:
+        close()
+    rows = [{"target": o.path, "status": o.status, "reason": o.reason} for o in outcomes]
+    if args.json:
+        _say(json.dumps(rows, indent=2))
+    else:
+        for row in rows or [{"target": "-", "status": "nothing offered", "reason": None}]:
+            reason = f" ({row['reason']})" if row["reason"] else ""
+            _say(f"{row['target']}: {row['status']}{reason}")
+    return EXIT_OK
+
+
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; return the exit code."""
     parser = _parser()
@@ -280,7 +330,8 @@ def run(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        commands = {"onboard": _onboard, "rotate": _rotate, "run": _run, "gateway": _gateway}
+        commands = {"onboard": _onboard, "rotate": _rotate, "run": _run, "gateway": _gateway,
+                    "update": _update}
         command = commands.get(args.command)
         return command(args, parser) if command is not None else _status(args)
     except SystemExit as exc:  # parser.error() inside a command

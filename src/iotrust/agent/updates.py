@@ -32,7 +32,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import shlex
 import shutil
+import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -460,3 +464,56 @@ class UpdateClient:
         self._save(state)
         self._report(state, release, "committed")
         return Outcome(path, "committed")
+
+
+def command_hook(command: str | None, *, timeout_s: float = 600.0) -> Callable[..., bool]:
+    """A hook that runs ``command`` (split like a shell, no shell) and succeeds on exit 0.
+
+    The image file and the slot directory are passed as ``IOTRUST_IMAGE`` and ``IOTRUST_SLOT``.
+    ``None`` is a hook that always succeeds (the directory simulation is the install).
+    """
+    if command is None:
+        return _always
+    argv = shlex.split(command)
+    if not argv:
+        raise InputError("an empty hook command", reason="invalid_hook")
+
+    def hook(*paths: Path) -> bool:
+        env = dict(os.environ)
+        if len(paths) == 2:  # noqa: PLR2004 - install: (image, slot)
+            env["IOTRUST_IMAGE"], env["IOTRUST_SLOT"] = str(paths[0]), str(paths[1])
+        else:
+            env["IOTRUST_SLOT"] = str(paths[0])
+        try:
+            return subprocess.run(argv, env=env, check=False, timeout=timeout_s,  # noqa: S603
+                                  capture_output=True).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    return hook
+
+
+def client_for(state_dir: Path, *, server_url: str, verify: bool | str, pin: str | None,
+               install_command: str | None = None, health_command: str | None = None,
+               timeout: float = 30.0) -> tuple[UpdateClient, Callable[[], None]]:
+    """An update client for an onboarded agent's state folder over real HTTP; and a closer."""
+    from iotrust.agent.keys import open_operational_signer  # noqa: PLC0415
+    from iotrust.agent.state import load_state  # noqa: PLC0415
+    from iotrust.agent.transport import HttpTransport  # noqa: PLC0415
+
+    agent = load_state(state_dir)
+    signer = open_operational_signer(agent.operational_key_ref, pin=pin)
+    kid = envelope.kid_for_serial(f"{agent.certificate.serial_number:x}")
+    transport = HttpTransport(server_url, timeout=timeout, verify=verify)
+    tls = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+    http = httpx.Client(timeout=timeout, verify=tls)
+    client = UpdateClient(state_dir, device_id=agent.device_id, server_url=server_url,
+                          signer=signer, kid=kid, transport=transport,
+                          fetcher=HttpxFetcher(http), install=command_hook(install_command),
+                          health=command_hook(health_command))
+
+    def close() -> None:
+        transport.close()
+        http.close()
+
+    return client, close

@@ -20,6 +20,7 @@ from iotrust.cli import factory as factory_cli
 from iotrust.cli import hw as hw_cli
 from iotrust.cli import ingest as ingest_cli
 from iotrust.cli import policy as policy_cli
+from iotrust.cli import updates as updates_cli
 from iotrust.cli.common import STATE, emit, emit_object, err, errors, out, progress
 from iotrust.core.events import format_anchor, parse_anchor
 from iotrust.core.lifecycle import RetirementReason
@@ -37,6 +38,8 @@ app.add_typer(hw_cli.app, name="hw")
 app.add_typer(ingest_cli.app, name="ingest")
 app.add_typer(hw_cli.model_app, name="model")
 app.add_typer(policy_cli.app, name="policy")
+app.add_typer(updates_cli.release_app, name="release")
+app.add_typer(updates_cli.rollout_app, name="rollout")
 manufacturer_app = typer.Typer(help="Manufacturers we trust.", no_args_is_help=True)
 voucher_app = typer.Typer(help="Vouchers: which devices are expected.", no_args_is_help=True)
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)

@@ -253,8 +253,8 @@ def list_rollouts(db: Database) -> list[RolloutView]:
         return [_view(ux, r.id) for r in ux.list_rollouts()]
 
 
-def act(db: Database, settings: Settings, secrets: Secrets, clock: Clock, rollout_id: str, *,
-        action: str, actor: str) -> RolloutView:
+def act(db: Database, settings: Settings, secrets: Secrets, clock: Clock,  # noqa: PLR0917 - callers pass the action positionally
+        rollout_id: str, action: str, *, actor: str) -> RolloutView:
     """``pause``, ``resume`` or ``abort`` a rollout (an abort withdraws unstarted devices)."""
     now = clock.now()
     touched: list[str] = []

@@ -188,6 +188,9 @@ def render_config(layout: BrokerLayout, settings: BrokerSettings) -> str:
         "connection_messages true",
         # Without it, small replies (admin round trips, PUBACKs) wait for Nagle + delayed ACK.
         "set_tcp_nodelay true",
+        # The default queue (1,000 QoS 1 messages per subscriber) drops ingest traffic in a burst.
+        "max_queued_messages 100000",
+        "max_queued_bytes 268435456",
     ]
     if settings.run_as_root:
         # As root, mosquitto drops to user `mosquitto` before reading its files (0700 folders).

@@ -432,3 +432,20 @@ device_updates = Table(
     Column("installed_release", String(128), nullable=True),
     Column("updated_at", UtcDateTime(), nullable=False),
 )
+
+# -- 0008: posture audit suppressions --------------------------------------------------------------
+
+#: A finding target the operator chose to accept, with who and why (``target`` ``*``: the whole
+#: check). Rows are never updated; lifting a suppression deletes it (and records an event).
+audit_suppressions = Table(
+    "audit_suppressions", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("check_id", String(64), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=True),
+    UniqueConstraint("check_id", "target"),
+)

@@ -1,0 +1,418 @@
+"""Registry queries behind the posture audit, and the audit suppressions table.
+
+:class:`AuditTx` wraps one open :class:`~iotrust.adapters.sql.store.Tx` (the same unit of work,
+the same error seam: statements run through the ``Tx``'s executor, so driver errors become the
+error tree as everywhere else). It answers the questions of
+:class:`iotrust.core.audit.Snapshot` at fleet scale:
+
+* duplicates are SQL joins on unique indexes or ``GROUP BY … HAVING``, never a Python dict over
+  the fleet;
+* devices are grouped into *policy sets* by one windowed aggregate (``COUNT(*) OVER`` and the
+  first ids by ``ROW_NUMBER() OVER``), plus one ordered stream over group members only;
+* long results (credentials, certificates) are streamed in batches (``yield_per``: a server-side
+  cursor on PostgreSQL, a lazy cursor on SQLite) and consumed inside the transaction.
+
+It returns the plain rows of :mod:`iotrust.core.audit` and decides nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import and_, case, delete, exists, func, or_, select
+from sqlalchemy.sql import Select
+
+from iotrust.adapters.sql import schema as s
+from iotrust.adapters.sql.store import Tx
+from iotrust.core.audit import (
+    LIVE_CREDENTIAL_STATES,
+    CaRow,
+    CertificateRow,
+    CredentialRow,
+    DeviceRow,
+    KeyReuse,
+    KeyUse,
+    RevokedRow,
+    SharedUse,
+    SubjectConflict,
+    ZombieRow,
+)
+from iotrust.core.audit_reach import PolicySet
+from iotrust.errors import ConflictError, NotFoundError
+
+__all__ = ["AuditTx", "ModelFacts", "SuppressionRow"]
+
+STREAM_BATCH: Final = 5000
+#: Event kinds of refusals that mean "this identity is in use somewhere else right now".
+CLONE_REASON: Final = "clone_suspected"
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressionRow:
+    """One recorded suppression."""
+
+    id: int
+    check_id: str
+    target: str
+    reason: str
+    actor: str
+    created_at: datetime
+    expires_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"id": self.id, "check_id": self.check_id, "target": self.target,
+                "reason": self.reason, "actor": self.actor,
+                "created_at": self.created_at.isoformat(),
+                "expires_at": self.expires_at.isoformat() if self.expires_at else None}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """A device model as stored, with its non-retired device count."""
+
+    name: str
+    manufacturer: str
+    hardware_profile: str | None
+    devices: int
+
+
+def _streamed(stmt: Select[Any]) -> Select[Any]:
+    return stmt.execution_options(yield_per=STREAM_BATCH)
+
+
+class AuditTx:
+    """The audit's view of one open transaction."""
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+
+    def _exec(self, stmt: Any, params: Any = None) -> Any:  # noqa: ANN401 - SQLAlchemy objects
+        return self._tx._exec(stmt, params)  # noqa: SLF001 - same adapter, shared error seam
+
+    # -- suppressions --------------------------------------------------------------------------
+
+    def add_suppression(self, *, check_id: str, target: str, reason: str, actor: str,
+                        at: datetime, expires_at: datetime | None) -> SuppressionRow:
+        """Record a suppression; ``ConflictError(suppression_exists)`` if already there."""
+        t = s.audit_suppressions
+        if self._exec(select(t.c.id).where(t.c.check_id == check_id,
+                                           t.c.target == target)).first():
+            raise ConflictError(f"{check_id} {target} is already suppressed",
+                                reason="suppression_exists")
+        self._tx._insert(t, {"check_id": check_id, "target": target,  # noqa: SLF001
+                             "reason": reason, "actor": actor, "created_at": at,
+                             "expires_at": expires_at})
+        row = self._exec(select(t).where(t.c.check_id == check_id, t.c.target == target)).one()
+        return _suppression(row)
+
+    def remove_suppression(self, check_id: str, target: str) -> SuppressionRow:
+        """Delete one suppression; ``NotFoundError(unknown_suppression)``."""
+        self._tx._writable()  # noqa: SLF001 - same adapter
+        t = s.audit_suppressions
+        row = self._exec(select(t).where(t.c.check_id == check_id, t.c.target == target)).first()
+        if row is None:
+            raise NotFoundError(f"{check_id} {target} is not suppressed",
+                                reason="unknown_suppression")
+        self._exec(delete(t).where(t.c.id == row.id))
+        return _suppression(row)
+
+    def suppressions(self, at: datetime | None = None) -> list[SuppressionRow]:
+        """Every suppression (only those not expired at ``at`` when given)."""
+        t = s.audit_suppressions
+        stmt = select(t).order_by(t.c.check_id, t.c.target)
+        if at is not None:
+            stmt = stmt.where(or_(t.c.expires_at.is_(None), t.c.expires_at > at))
+        return [_suppression(r) for r in self._exec(stmt)]
+
+    # -- small tables ----------------------------------------------------------------------------
+
+    def cas(self) -> list[CaRow]:
+        """Every CA."""
+        t = s.certificate_authorities
+        return [CaRow(r.id, r.role, r.state, r.not_after, r.certificate_pem)
+                for r in self._exec(select(t).order_by(t.c.id))]
+
+    def manufacturers(self) -> list[tuple[str, bool, bool, int]]:
+        """``(name, unsafe, revoked, non-retired devices)`` for every manufacturer."""
+        m, d = s.manufacturers, s.devices
+        count = (select(func.count()).select_from(d)
+                 .where(d.c.manufacturer == m.c.name, d.c.state != "retired").scalar_subquery())
+        stmt = select(m.c.name, m.c.unsafe_manufacturer_trust, m.c.revoked, count) \
+            .order_by(m.c.name)
+        return [(r[0], bool(r[1]), bool(r[2]), int(r[3])) for r in self._exec(stmt)]
+
+    def models(self) -> list[ModelFacts]:
+        """Every device model with its profile text and non-retired device count."""
+        m, d = s.device_models, s.devices
+        counts = dict(self._exec(select(d.c.model, func.count()).where(
+            d.c.model.is_not(None), d.c.state != "retired").group_by(d.c.model)).all())
+        return [ModelFacts(r.name, r.manufacturer, r.hardware_profile, int(counts.get(r.name, 0)))
+                for r in self._exec(select(m).order_by(m.c.name))]
+
+    def device_states(self) -> dict[str, int]:
+        """Device count per lifecycle state."""
+        d = s.devices
+        return {str(r[0]): int(r[1])
+                for r in self._exec(select(d.c.state, func.count()).group_by(d.c.state))}
+
+    # -- policy sets -----------------------------------------------------------------------------
+
+    def policy_sets(self, sample: int) -> list[PolicySet]:
+        """Devices grouped by (stored policies, state, key storage, model), first ids kept."""
+        d, dm, g, m = s.devices, s.device_models, s.device_groups, s.device_group_members
+        in_policy_group = exists().where(
+            m.c.device_id == d.c.id, g.c.name == m.c.group_name, g.c.policy.is_not(None))
+        part = (d.c.state, d.c.key_storage, d.c.model)
+        inner = (select(d.c.state, d.c.key_storage, d.c.model, dm.c.policy, d.c.id,
+                        func.row_number().over(partition_by=part, order_by=d.c.id).label("rn"),
+                        func.count().over(partition_by=part).label("n"))
+                 .select_from(d.outerjoin(dm, dm.c.name == d.c.model))
+                 .where(~in_policy_group).subquery())
+        stmt = select(inner.c.state, inner.c.key_storage, inner.c.model, inner.c.policy,
+                      inner.c.id, inner.c.n).where(inner.c.rn <= sample)
+        sets: dict[tuple[tuple[str, ...], str, str, str | None], list[Any]] = {}
+        for state, storage, model, policy, device_id, n in self._exec(stmt):
+            key = ((policy,) if policy else (), state, storage, model)
+            entry = sets.setdefault(key, [int(n), []])
+            entry[1].append(device_id)
+        members = _streamed(
+            select(d.c.id, d.c.state, d.c.key_storage, d.c.model, dm.c.policy, g.c.policy)
+            .select_from(m.join(g, g.c.name == m.c.group_name).join(d, d.c.id == m.c.device_id)
+                         .outerjoin(dm, dm.c.name == d.c.model))
+            .where(g.c.policy.is_not(None)).order_by(d.c.id))
+        current: str | None = None
+        names: set[str] = set()
+        facts: tuple[str, str, str | None] = ("", "", None)
+
+        def flush() -> None:
+            if current is None:
+                return
+            key = (tuple(sorted(names)), *facts)
+            entry = sets.setdefault(key, [0, []])
+            entry[0] += 1
+            if len(entry[1]) < sample:
+                entry[1].append(current)
+
+        for device_id, state, storage, model, model_policy, group_policy in self._exec(members):
+            if device_id != current:
+                flush()
+                current, names, facts = device_id, set(), (state, storage, model)
+            names.add(group_policy)
+            if model_policy:
+                names.add(model_policy)
+        flush()
+        return [PolicySet(policies=k[0], state=k[1], key_storage=k[2], model=k[3],
+                          devices=v[0], sample=tuple(v[1])) for k, v in sets.items()]
+
+    # -- keys and credentials --------------------------------------------------------------------
+
+    def key_reuse(self) -> list[KeyReuse]:
+        """Keys recorded in places that disagree: joins on the unique key indexes."""
+        c, d, k = s.credentials, s.devices, s.seen_keys
+        groups: dict[str, dict[KeyUse, None]] = {}
+
+        def add(spki: str, *uses: KeyUse) -> None:
+            entry = groups.setdefault(spki, {})
+            for use in uses:
+                entry.setdefault(use, None)
+
+        # an operational key that is some device's factory key
+        for spki, dev, cred_dev, serial in self._exec(
+                select(c.c.spki_sha256, d.c.id, c.c.device_id, c.c.serial_number)
+                .select_from(c.join(d, d.c.factory_spki_sha256 == c.c.spki_sha256))):
+            add(spki, KeyUse("factory", dev, None), KeyUse("credential", cred_dev, serial))
+        # a credential key the seen-keys table records for another device or role
+        for spki, kind, seen_dev, cred_dev, serial in self._exec(
+                select(k.c.spki_sha256, k.c.kind, k.c.device_id, c.c.device_id,
+                       c.c.serial_number)
+                .select_from(c.join(k, k.c.spki_sha256 == c.c.spki_sha256))
+                .where(or_(k.c.kind != "credential",
+                           k.c.device_id.is_distinct_from(c.c.device_id)))):
+            add(spki, KeyUse(f"seen:{kind}", seen_dev, None),
+                KeyUse("credential", cred_dev, serial))
+        # a factory key the seen-keys table records for another device or role
+        for spki, kind, seen_dev, dev in self._exec(
+                select(k.c.spki_sha256, k.c.kind, k.c.device_id, d.c.id)
+                .select_from(d.join(k, k.c.spki_sha256 == d.c.factory_spki_sha256))
+                .where(or_(k.c.kind != "factory", k.c.device_id.is_distinct_from(d.c.id)))):
+            add(spki, KeyUse(f"seen:{kind}", seen_dev, None), KeyUse("factory", dev, None))
+        # one credential key in several credential rows (impossible under the unique index,
+        # checked anyway: restored or imported registries may lack it)
+        dup = (select(c.c.spki_sha256).group_by(c.c.spki_sha256)
+               .having(func.count() > 1).subquery())
+        for spki, dev, serial in self._exec(
+                select(c.c.spki_sha256, c.c.device_id, c.c.serial_number)
+                .where(c.c.spki_sha256.in_(select(dup.c.spki_sha256)))):
+            add(spki, KeyUse("credential", dev, serial))
+        return [KeyReuse(spki, tuple(uses)) for spki, uses in sorted(groups.items())]
+
+    def shared_uses(self, window: timedelta) -> list[SharedUse]:
+        """Rotation requests for one credential from two sources within ``window``.
+
+        Also clone-suspected refusals (any event with that reason), per device.
+        """
+        r, e = s.rotation_sessions, s.events
+        multi = (select(r.c.credential_serial).group_by(r.c.credential_serial)
+                 .having(func.count(func.distinct(r.c.source)) > 1).subquery())
+        rows = self._exec(select(r.c.credential_serial, r.c.device_id, r.c.source, r.c.created_at)
+                          .where(r.c.credential_serial.in_(select(multi.c.credential_serial)))
+                          .order_by(r.c.credential_serial, r.c.created_at)).all()
+        out: list[SharedUse] = []
+        by_serial: dict[str, list[Any]] = {}
+        for row in rows:
+            by_serial.setdefault(row[0], []).append(row)
+        for serial, seq in by_serial.items():
+            close = [(a, b) for a, b in itertools.pairwise(seq)
+                     if a.source != b.source and b.created_at - a.created_at <= window]
+            if close:
+                sources = sorted({x.source for pair in close for x in pair})
+                out.append(SharedUse("rotation_sources", seq[0].device_id, serial,
+                                     tuple(sources), len(close) + 1, close[0][0].created_at,
+                                     close[-1][1].created_at))
+        for device_id, n, first, last in self._exec(
+                select(e.c.device_id, func.count(), func.min(e.c.at), func.max(e.c.at))
+                .where(e.c.reason == CLONE_REASON, e.c.device_id.is_not(None))
+                .group_by(e.c.device_id)):
+            out.append(SharedUse("clone_suspected", device_id, None, (), int(n), first, last))
+        return out
+
+    def _credentials(self, *where: Any) -> Iterator[CredentialRow]:  # noqa: ANN401
+        c = s.credentials
+        stmt = _streamed(select(c.c.serial_number, c.c.device_id, c.c.subject, c.c.state,
+                                c.c.issuer_ca_id, c.c.not_before, c.c.not_after)
+                         .where(c.c.state.in_(LIVE_CREDENTIAL_STATES), *where))
+        for row in self._exec(stmt):
+            yield CredentialRow(*row)
+
+    def expiring_credentials(self, before: datetime) -> Iterator[CredentialRow]:
+        """Live credentials ending before ``before`` (streamed)."""
+        return self._credentials(s.credentials.c.not_after < before)
+
+    def old_credentials(self, issued_before: datetime) -> Iterator[CredentialRow]:
+        """Live credentials valid since before ``issued_before`` (streamed)."""
+        return self._credentials(s.credentials.c.not_before < issued_before)
+
+    def live_certificates(self) -> Iterator[CertificateRow]:
+        """Certificates of live credentials (streamed)."""
+        c = s.credentials
+        stmt = _streamed(select(c.c.serial_number, c.c.device_id, c.c.certificate_pem)
+                         .where(c.c.state.in_(LIVE_CREDENTIAL_STATES)))
+        for row in self._exec(stmt):
+            yield CertificateRow(*row)
+
+    def revoked_unexpired(self, now: datetime) -> Iterator[RevokedRow]:
+        """Revoked credentials that have not expired (streamed)."""
+        c = s.credentials
+        stmt = _streamed(select(c.c.serial_number, c.c.device_id, c.c.issuer_ca_id,
+                                c.c.revoked_at, c.c.not_after)
+                         .where(c.c.state == "revoked", c.c.not_after > now))
+        for row in self._exec(stmt):
+            yield RevokedRow(*row)
+
+    def subject_conflicts(self) -> list[SubjectConflict]:
+        """Live subjects held by several devices, or not named after their device."""
+        c = s.credentials
+        live = c.c.state.in_(LIVE_CREDENTIAL_STATES)
+        shared = (select(c.c.subject).where(live).group_by(c.c.subject)
+                  .having(func.count(func.distinct(func.coalesce(c.c.device_id, ""))) > 1))
+        wrong = select(c.c.subject).where(live, c.c.device_id.is_not(None),
+                                          c.c.subject != c.c.device_id)
+        subjects = shared.union(wrong).subquery()
+        groups: dict[str, list[Any]] = {}
+        for subject, device_id, serial in self._exec(
+                select(c.c.subject, c.c.device_id, c.c.serial_number)
+                .where(live, c.c.subject.in_(select(subjects.c.subject)))
+                .order_by(c.c.subject, c.c.serial_number)):
+            groups.setdefault(subject, []).append((device_id, serial))
+        return [SubjectConflict(subject, tuple(d for d, _ in rows), tuple(x for _, x in rows))
+                for subject, rows in groups.items()]
+
+    # -- devices ---------------------------------------------------------------------------------
+
+    def unsafe_admissions(self) -> Iterator[DeviceRow]:
+        """Non-retired devices admitted under unsafe manufacturer trust (streamed)."""
+        d = s.devices
+        stmt = _streamed(select(d.c.id, d.c.state, d.c.model, d.c.last_seen_at)
+                         .where(d.c.unsafe_admission.is_(True), d.c.state != "retired"))
+        for row in self._exec(stmt):
+            yield DeviceRow(*row)
+
+    def dormant_devices(self, before: datetime) -> Iterator[DeviceRow]:
+        """Active/quarantined devices not seen since ``before`` (never seen: by update time)."""
+        d = s.devices
+        stmt = _streamed(
+            select(d.c.id, d.c.state, d.c.model, d.c.last_seen_at)
+            .where(d.c.state.in_(("active", "quarantined")),
+                   or_(and_(d.c.last_seen_at.is_not(None), d.c.last_seen_at < before),
+                       and_(d.c.last_seen_at.is_(None), d.c.updated_at < before))))
+        for row in self._exec(stmt):
+            yield DeviceRow(*row)
+
+    def zombies(self) -> list[ZombieRow]:
+        """Zombie contacts aggregated per identity."""
+        z = s.zombies
+        rows: dict[str, list[Any]] = {}
+        for r in self._exec(select(z).order_by(z.c.identity, z.c.where)):
+            entry = rows.get(r.identity)
+            if entry is None:
+                rows[r.identity] = [r.device_id, [r.where], int(r.count), r.first_seen_at,
+                                    r.last_seen_at, r.last_reason]
+                continue
+            entry[1].append(r.where)
+            entry[2] += int(r.count)
+            entry[3] = min(entry[3], r.first_seen_at)
+            if r.last_seen_at > entry[4]:
+                entry[4], entry[5] = r.last_seen_at, r.last_reason
+            entry[0] = entry[0] or r.device_id
+        return [ZombieRow(identity, v[0], tuple(v[1]), v[2], v[3], v[4], v[5])
+                for identity, v in rows.items()]
+
+    # -- the report ------------------------------------------------------------------------------
+
+    def credential_histogram(self, now: datetime, edges_days: Sequence[int],
+                             ) -> dict[str, list[int]]:
+        """Live device credentials counted by days to expiry and by age, per bucket edge.
+
+        Bucket ``i`` holds ``edges[i-1] <= days < edges[i]`` (the first: below ``edges[0]``,
+        expired included; the last extra bucket: at or above the last edge).
+        """
+        c = s.credentials
+        expiry_cols: list[Any] = []
+        age_cols: list[Any] = []
+        bounds = [*edges_days, None]
+        for i, high in enumerate(bounds):
+            low = edges_days[i - 1] if i > 0 else None
+            for cols, column, sign in ((expiry_cols, c.c.not_after, 1),
+                                       (age_cols, c.c.not_before, -1)):
+                conds = []
+                for edge, op in ((low, "ge"), (high, "lt")):
+                    if edge is None:
+                        continue
+                    at = now + timedelta(days=sign * edge)
+                    if sign > 0:
+                        conds.append(column >= at if op == "ge" else column < at)
+                    else:
+                        conds.append(column <= at if op == "ge" else column > at)
+                cols.append(func.sum(case((and_(*conds), 1), else_=0)))
+        row = self._exec(select(*expiry_cols, *age_cols)
+                         .where(c.c.state.in_(LIVE_CREDENTIAL_STATES),
+                                c.c.device_id.is_not(None))).one()
+        n = len(bounds)
+        return {"expiry": [int(v or 0) for v in row[:n]], "age": [int(v or 0) for v in row[n:]]}
+
+    def audit_history(self, kind: str, limit: int) -> list[tuple[datetime, str]]:
+        """The ``(at, data)`` of the last ``limit`` events of ``kind``, oldest first."""
+        e = s.events
+        rows = self._exec(select(e.c.at, e.c.data).where(e.c.kind == kind)
+                          .order_by(e.c.seq.desc()).limit(limit)).all()
+        return [(r[0], r[1]) for r in reversed(rows)]
+
+
+def _suppression(row: Any) -> SuppressionRow:  # noqa: ANN401 - a driver row
+    return SuppressionRow(int(row.id), row.check_id, row.target, row.reason, row.actor,
+                          row.created_at, row.expires_at)

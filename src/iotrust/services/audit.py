@@ -1,0 +1,487 @@
+"""The posture audit as a use case: run the checks over the registry, suppress, mitigate.
+
+:func:`run_audit` opens one read-only transaction, builds a :class:`RegistrySnapshot` (the
+:class:`iotrust.core.audit.Snapshot` of the registry: SQL aggregates and streamed rows from
+:mod:`iotrust.adapters.sql.audit`, the published CRL files, the exported event-log anchor, the
+stored hardware profiles assessed by :mod:`iotrust.core.hardware`), runs every check (or the ones
+asked for), times each, and records one ``audit.completed`` event with the counts (the HTML
+report plots those events over time). Run it from a scheduler (cron, a systemd timer) as
+``iotrust audit --json``; nothing here keeps a process alive.
+
+:func:`suppress` records who accepted which finding target and why (``audit.suppressed``);
+:func:`unsuppress` lifts it (``audit.unsuppressed``). :func:`mitigate` is always an explicit
+operator command, recorded as ``audit.mitigated`` in the same transaction as (or right after)
+its effect, and reversible: ``quarantine`` (through :mod:`iotrust.services.broker`, undone by a
+release), ``rotate`` (an early-renewal request, as ``iotrust rotate`` makes), ``notify`` (an
+event only, for whoever watches the log). Nothing is ever done automatically.
+
+This module does not print, and does not render HTML (:mod:`iotrust.services.audit_report`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+from iotrust.adapters.sql.audit import AuditTx, SuppressionRow
+from iotrust.adapters.sql.store import Database, Tx
+from iotrust.core import audit as au
+from iotrust.core import hardware as hw
+from iotrust.core import pki
+from iotrust.core.audit_checks import ALL_CHECKS, check_by_id
+from iotrust.core.audit_reach import PolicySet
+from iotrust.core.events import EventHead, parse_anchor, verify_chain
+from iotrust.core.ids import DEVICE_ID_RE
+from iotrust.core.policy import Policy
+from iotrust.errors import InputError, IotrustError
+from iotrust.ports import BrokerControl, Clock
+from iotrust.services import eventlog
+from iotrust.services import hardware as hw_svc
+from iotrust.services.settings import Settings
+
+__all__ = [
+    "AUDIT_COMPLETED",
+    "AUDIT_MITIGATED",
+    "AUDIT_SUPPRESSED",
+    "AUDIT_UNSUPPRESSED",
+    "MITIGATIONS",
+    "AuditReport",
+    "CheckRun",
+    "Mitigation",
+    "RegistrySnapshot",
+    "list_suppressions",
+    "mitigate",
+    "open_snapshot",
+    "run_audit",
+    "suppress",
+    "unsuppress",
+]
+
+AUDIT_COMPLETED: Final = "audit.completed"
+AUDIT_SUPPRESSED: Final = "audit.suppressed"
+AUDIT_UNSUPPRESSED: Final = "audit.unsuppressed"
+AUDIT_MITIGATED: Final = "audit.mitigated"
+#: What :func:`mitigate` can do.
+MITIGATIONS: Final = ("quarantine", "rotate", "notify")
+_TARGET: Final = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._:@*-]{0,199}$")
+_MAX_REASON: Final = 500
+
+
+# --------------------------------------------------------------------------------------------
+# The registry as a snapshot
+
+
+class RegistrySnapshot:
+    """:class:`iotrust.core.audit.Snapshot` over one open read-only transaction.
+
+    Small results are computed once and cached; long ones are streamed on every call.
+    """
+
+    def __init__(self, tx: Tx, settings: Settings, *, now: datetime, config: au.AuditConfig,
+                 suppressions: Sequence[SuppressionRow],
+                 timelines: hw.Timelines | None = None) -> None:
+        self._q = AuditTx(tx)
+        self._tx = tx
+        self._settings = settings
+        self._now = now
+        self._config = config
+        self._timelines = timelines
+        self._suppressed: dict[str, set[str]] = {}
+        for row in suppressions:
+            self._suppressed.setdefault(row.check_id, set()).add(row.target)
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def now(self) -> datetime:
+        """The audit's time."""
+        return self._now
+
+    @property
+    def config(self) -> au.AuditConfig:
+        """Thresholds."""
+        return self._config
+
+    @property
+    def queries(self) -> AuditTx:
+        """The underlying queries (for the report's extra figures)."""
+        return self._q
+
+    def _once(self, key: str, make: Any) -> Any:  # noqa: ANN401 - cached values of any row type
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def suppressed(self, check_id: str) -> frozenset[str]:
+        """Suppressed targets of ``check_id``."""
+        return frozenset(self._suppressed.get(check_id, ()))
+
+    def cas(self) -> Sequence[au.CaRow]:
+        """Every CA."""
+        return self._once("cas", self._q.cas)  # type: ignore[no-any-return]
+
+    def manufacturers(self) -> Sequence[au.ManufacturerRow]:
+        """Every manufacturer with its device count."""
+        return self._once("manufacturers", lambda: [  # type: ignore[no-any-return]
+            au.ManufacturerRow(*row) for row in self._q.manufacturers()])
+
+    def models(self) -> Sequence[au.ModelRow]:
+        """Every model, with its stored profile assessed now."""
+        return self._once("models", self._models)  # type: ignore[no-any-return]
+
+    def _models(self) -> list[au.ModelRow]:
+        out = []
+        timelines = self._timelines or hw_svc.load_timelines()
+        for m in self._q.models():
+            if m.hardware_profile is None:
+                out.append(au.ModelRow(m.name, m.manufacturer, m.devices, None))
+                continue
+            try:
+                assessment = hw.assess(hw.parse_profile(m.hardware_profile.encode("utf-8")),
+                                       timelines=timelines, now_year=self._now.year)
+            except IotrustError as exc:
+                out.append(au.ModelRow(m.name, m.manufacturer, m.devices, None,
+                                       profile_error=str(exc)[:300]))
+                continue
+            out.append(au.ModelRow(m.name, m.manufacturer, m.devices, assessment))
+        return out
+
+    def policies(self) -> Mapping[str, Policy]:
+        """Every stored policy."""
+        return self._once("policies", lambda: {  # type: ignore[no-any-return]
+            r.name: r.policy for r in self._tx.list_policies()})
+
+    def policy_sets(self) -> Sequence[PolicySet]:
+        """Devices grouped into policy sets."""
+        return self._once("policy_sets", lambda: self._q.policy_sets(  # type: ignore[no-any-return]
+            self._config.max_affected))
+
+    def key_reuse(self) -> Sequence[au.KeyReuse]:
+        """Keys recorded in places that disagree."""
+        return self._once("key_reuse", self._q.key_reuse)  # type: ignore[no-any-return]
+
+    def shared_uses(self, window: timedelta) -> Sequence[au.SharedUse]:
+        """Credentials or identities used from two places."""
+        return self._q.shared_uses(window)
+
+    def expiring_credentials(self, before: datetime) -> Iterator[au.CredentialRow]:
+        """Live credentials ending before ``before``."""
+        return self._q.expiring_credentials(before)
+
+    def old_credentials(self, issued_before: datetime) -> Iterator[au.CredentialRow]:
+        """Live credentials older than ``issued_before``."""
+        return self._q.old_credentials(issued_before)
+
+    def live_certificates(self) -> Iterator[au.CertificateRow]:
+        """Certificates of live credentials."""
+        return self._q.live_certificates()
+
+    def revoked_unexpired(self) -> Iterator[au.RevokedRow]:
+        """Revoked, unexpired credentials."""
+        return self._q.revoked_unexpired(self._now)
+
+    def crls(self) -> Mapping[str, au.CrlView | None]:
+        """The published CRL of every non-retired issuing CA, read from the data folder."""
+        return self._once("crls", self._crls)  # type: ignore[no-any-return]
+
+    def _crls(self) -> dict[str, au.CrlView | None]:
+        out: dict[str, au.CrlView | None] = {}
+        for ca in self.cas():
+            if ca.role != "issuing" or ca.state == "retired":
+                continue
+            path = self._settings.crl_dir / f"{ca.id}.crl.pem"
+            out[ca.id] = _read_crl(path, ca)
+        return out
+
+    def subject_conflicts(self) -> Sequence[au.SubjectConflict]:
+        """Conflicting certificate subjects."""
+        return self._q.subject_conflicts()
+
+    def unsafe_admissions(self) -> Iterator[au.DeviceRow]:
+        """Devices admitted under unsafe trust."""
+        return self._q.unsafe_admissions()
+
+    def zombies(self) -> Sequence[au.ZombieRow]:
+        """Zombie contacts per identity."""
+        return self._q.zombies()
+
+    def dormant_devices(self, before: datetime) -> Iterator[au.DeviceRow]:
+        """Devices not seen since ``before``."""
+        return self._q.dormant_devices(before)
+
+    def event_log(self) -> au.EventLogStatus:
+        """The chain verified (against the exported anchor when there is one)."""
+        return self._once("event_log", self._event_log)  # type: ignore[no-any-return]
+
+    def _event_log(self) -> au.EventLogStatus:
+        anchor: EventHead | None = None
+        path = self._settings.anchor_file
+        if path.exists():
+            try:
+                anchor = parse_anchor(path.read_text(encoding="ascii")[:200])
+            except (InputError, UnicodeDecodeError, OSError):
+                anchor = None
+        report = verify_chain(self._tx.iter_events(), anchor=anchor)
+        return au.EventLogStatus(report=report, anchored=anchor is not None)
+
+    def device_states(self) -> dict[str, int]:
+        """Devices per lifecycle state."""
+        return self._once("device_states", self._q.device_states)  # type: ignore[no-any-return]
+
+
+def _read_crl(path: Path, ca: au.CaRow) -> au.CrlView | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return au.CrlView(ca.id, datetime.min.replace(tzinfo=ca.not_after.tzinfo), None,
+                          frozenset(), signature_valid=False)
+    try:
+        crl = pki.load_crl(data)
+        public_key = pki.load_certificate(ca.certificate_pem.encode("ascii")).public_key()
+        valid = crl.is_signature_valid(public_key)  # type: ignore[arg-type]
+    except (IotrustError, TypeError, ValueError):
+        return au.CrlView(ca.id, datetime.min.replace(tzinfo=ca.not_after.tzinfo), None,
+                          frozenset(), signature_valid=False)
+    return au.CrlView(ca.id, crl.last_update_utc, crl.next_update_utc,
+                      frozenset(entry.serial_number for entry in crl), signature_valid=valid)
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRun:
+    """One check's outcome and how long it took."""
+
+    check_id: str
+    title: str
+    seconds: float
+    findings: int
+    suppressed: int
+
+
+@dataclass(slots=True)
+class AuditReport:
+    """The outcome of :func:`run_audit`."""
+
+    at: datetime
+    findings: list[au.Finding]
+    runs: list[CheckRun]
+    device_states: dict[str, int]
+    seconds: float
+    event_seq: int | None = None
+    not_run: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def by_severity(self) -> dict[str, int]:
+        """Finding count per severity (every severity present)."""
+        counts = {s.value: 0 for s in au.Severity}
+        for f in self.findings:
+            counts[f.severity.value] += 1
+        return counts
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (``iotrust.audit/v1``)."""
+        return {"schema": "iotrust.audit/v1", "at": self.at.isoformat(),
+                "seconds": round(self.seconds, 3), "device_states": self.device_states,
+                "by_severity": self.by_severity,
+                "checks": [{"id": r.check_id, "title": r.title, "seconds": round(r.seconds, 4),
+                            "findings": r.findings, "suppressed": r.suppressed}
+                           for r in self.runs],
+                "not_run": self.not_run,
+                "findings": [f.as_dict() for f in self.findings],
+                "event_seq": self.event_seq}
+
+
+def _select(check_ids: Sequence[str] | None) -> list[au.Check]:
+    if not check_ids:
+        return list(ALL_CHECKS)
+    return [check_by_id(c) for c in dict.fromkeys(check_ids)]
+
+
+def open_snapshot(tx: Tx, settings: Settings, clock: Clock,
+                  config: au.AuditConfig | None = None) -> RegistrySnapshot:
+    """A snapshot of the registry within ``tx`` (suppressions loaded, not expired)."""
+    now = clock.now()
+    return RegistrySnapshot(tx, settings, now=now, config=config or au.AuditConfig(),
+                            suppressions=AuditTx(tx).suppressions(now))
+
+
+def run_audit(db: Database, settings: Settings, clock: Clock, *, actor: str,
+              checks: Sequence[str] | None = None, config: au.AuditConfig | None = None,
+              record: bool = True) -> AuditReport:
+    """Run the checks (all, or ``checks`` by id) and record ``audit.completed``."""
+    selected = _select(checks)
+    started = time.perf_counter()
+    findings: list[au.Finding] = []
+    runs: list[CheckRun] = []
+    with db.transaction(readonly=True) as tx:
+        snapshot = open_snapshot(tx, settings, clock, config)
+        at = snapshot.now
+        states = snapshot.device_states()
+        for check in selected:
+            t0 = time.perf_counter()
+            result = au.run_check(check, snapshot)
+            runs.append(CheckRun(check.id, check.title, time.perf_counter() - t0,
+                                 len(result.findings), result.suppressed))
+            findings.extend(result.findings)
+    findings.sort(key=lambda f: (au.SEVERITY_RANK[f.severity], f.check_id, f.title))
+    report = AuditReport(at=at, findings=findings, runs=runs, device_states=states,
+                         seconds=time.perf_counter() - started)
+    if record:
+        with db.transaction() as tx:
+            row = eventlog.record(tx, clock, AUDIT_COMPLETED, actor=actor, data={
+                "findings": len(findings), "by_severity": dict(report.by_severity),
+                "by_check": {r.check_id: r.findings for r in runs if r.findings},
+                "suppressed": sum(r.suppressed for r in runs),
+                "checks": [r.check_id for r in runs],
+                "devices": sum(states.values()),
+                "milliseconds": round(report.seconds * 1000)})
+        report.event_seq = row.seq
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Suppressions
+
+
+def _check_target(target: str) -> str:
+    if not isinstance(target, str) or not _TARGET.fullmatch(target):
+        raise InputError("a target is a device id, credential serial, CA, policy or model name "
+                         "(or '*')", reason="invalid_target")
+    return target
+
+
+def suppress(db: Database, clock: Clock, check_id: str, target: str, *, reason: str,
+             actor: str, expires_at: datetime | None = None) -> SuppressionRow:
+    """Accept a finding target for a check, with who and why (``audit.suppressed``)."""
+    check_by_id(check_id)
+    _check_target(target)
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > _MAX_REASON:
+        raise InputError(f"a suppression needs a reason of 1..{_MAX_REASON} characters",
+                         reason="invalid_reason")
+    now = clock.now()
+    if expires_at is not None and expires_at <= now:
+        raise InputError("a suppression must expire in the future", reason="invalid_expiry")
+    with db.transaction() as tx:
+        row = AuditTx(tx).add_suppression(check_id=check_id, target=target,
+                                          reason=reason.strip(), actor=actor, at=now,
+                                          expires_at=expires_at)
+        eventlog.record(tx, clock, AUDIT_SUPPRESSED, actor=actor,
+                        device_id=target if DEVICE_ID_RE.fullmatch(target) else None,
+                        data={"check": check_id, "target": target, "why": reason.strip(),
+                              "expires_at": expires_at.isoformat() if expires_at else None})
+    return row
+
+
+def unsuppress(db: Database, clock: Clock, check_id: str, target: str, *,
+               actor: str) -> SuppressionRow:
+    """Lift a suppression (``audit.unsuppressed``); ``NotFoundError(unknown_suppression)``."""
+    _check_target(target)
+    with db.transaction() as tx:
+        row = AuditTx(tx).remove_suppression(check_id, target)
+        eventlog.record(tx, clock, AUDIT_UNSUPPRESSED, actor=actor,
+                        data={"check": check_id, "target": target})
+    return row
+
+
+def list_suppressions(db: Database) -> list[SuppressionRow]:
+    """Every suppression, expired ones included."""
+    with db.transaction(readonly=True) as tx:
+        return AuditTx(tx).suppressions()
+
+
+# --------------------------------------------------------------------------------------------
+# Mitigations
+
+
+@dataclass(frozen=True, slots=True)
+class Mitigation:
+    """What :func:`mitigate` did."""
+
+    check_id: str
+    target: str
+    action: str
+    detail: Mapping[str, Any]
+    event_seq: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"check_id": self.check_id, "target": self.target, "action": self.action,
+                "detail": dict(self.detail), "event_seq": self.event_seq}
+
+
+def _record(tx: Tx, clock: Clock, *, check_id: str, target: str, action: str, actor: str,
+            note: str | None, detail: Mapping[str, eventlog.JSONValue]) -> int:
+    device = target if DEVICE_ID_RE.fullmatch(target) else None
+    row = eventlog.record(tx, clock, AUDIT_MITIGATED, actor=actor, device_id=device,
+                          data={"check": check_id, "target": target, "action": action,
+                                "note": note, **detail})
+    return row.seq
+
+
+def mitigate(db: Database, clock: Clock, check_id: str, target: str, *, action: str,
+             actor: str, broker: BrokerControl | None = None,
+             note: str | None = None) -> Mitigation:
+    """Apply one reversible mitigation to ``target`` because of ``check_id``; always evented.
+
+    ``quarantine`` and ``rotate`` take a device id (``InputError(invalid_target)`` otherwise);
+    ``notify`` takes any target. A device that cannot be quarantined (already quarantined,
+    retired) is refused by the lifecycle with its usual ``ConflictError``.
+    """
+    check_by_id(check_id)
+    _check_target(target)
+    if action not in MITIGATIONS:
+        raise InputError(f"the action is one of {', '.join(MITIGATIONS)}",
+                         reason="invalid_action")
+    if note is not None and len(note) > _MAX_REASON:
+        raise InputError("the note is too long", reason="invalid_reason")
+    if action in {"quarantine", "rotate"} and not DEVICE_ID_RE.fullmatch(target):
+        raise InputError(f"{action} needs a device id as target", reason="invalid_target")
+    if action == "quarantine":
+        from iotrust.services import broker as broker_svc  # noqa: PLC0415 - heavy, rarely used
+
+        result = broker_svc.quarantine(db, clock, broker, target, actor=actor, reason="audit")
+        detail: dict[str, eventlog.JSONValue] = {"state": result.device.state.value,
+                                                 "broker": result.broker}
+        with db.transaction() as tx:
+            seq = _record(tx, clock, check_id=check_id, target=target, action=action, actor=actor,
+                          note=note, detail=detail)
+        return Mitigation(check_id, target, action, detail, seq)
+    with db.transaction() as tx:
+        if action == "rotate":
+            tx.get_device(target)  # NotFoundError(unknown_device)
+            campaign = f"audit-{clock.now().strftime('%Y%m%d%H%M%S')}-{os.urandom(3).hex()}"
+            tx.request_rotations([target], campaign, clock.now())
+            eventlog.record(tx, clock, "rotation.requested", actor=actor, device_id=target,
+                            data={"campaign": campaign, "devices": 1, "why": f"audit {check_id}"})
+            detail = {"campaign": campaign}
+        else:
+            detail = {}
+        seq = _record(tx, clock, check_id=check_id, target=target, action=action, actor=actor,
+                          note=note, detail=detail)
+    return Mitigation(check_id, target, action, detail, seq)
+
+
+def audit_history(db: Database, *, limit: int = 200) -> list[tuple[datetime, dict[str, Any]]]:
+    """Past ``audit.completed`` events, oldest first: ``(at, data)``."""
+    with db.transaction(readonly=True) as tx:
+        rows = AuditTx(tx).audit_history(AUDIT_COMPLETED, limit)
+    out = []
+    for at, data in rows:
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            out.append((at, parsed))
+    return out

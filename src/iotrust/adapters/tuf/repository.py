@@ -115,8 +115,11 @@ def sign_with(md: Metadata[Any], signers: Sequence[SslibSigner]) -> None:
         md.sign(signer, append=i > 0)
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically (temporary file, fsync, rename); ``BackendError`` on failure."""
+def write_file(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``path`` atomically (temporary file, fsync, rename); ``BackendError`` on failure.
+
+    ``durable=False`` skips the per-file fsync: for batches that end with one ``os.sync()``.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -124,8 +127,9 @@ def write_file(path: Path, data: bytes) -> None:
             os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
             Path(tmp).replace(path)
         except BaseException:
             with contextlib.suppress(OSError):

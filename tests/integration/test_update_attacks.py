@@ -232,3 +232,11 @@ def test_replayed_status_report_is_refused(uf: UpdateFleet) -> None:
     reply = uf.app_client.post("/v1/updates/status", content=body)
     assert reply.status_code == 403
     assert reply.json()["reason"] == "signature_invalid"
+
+
+def test_rollout_routes_need_an_operator_token(uf: UpdateFleet) -> None:
+    for method, url in (("GET", "/v1/rollouts"), ("GET", "/v1/rollouts/x"),
+                        ("POST", "/v1/rollouts/x/abort")):
+        reply = uf.app_client.request(method, url)
+        assert reply.status_code == 401, (method, url, reply.text)
+        assert reply.json()["reason"] == "unauthenticated"

@@ -12,9 +12,11 @@
 Operator endpoints for rollouts (list, status, pause, resume, abort) need an operator token.
 Every error is the API's usual ``{"error", "reason", "detail"}``; a missing file is a 404.
 This module holds no logic beyond mapping requests to services.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI evaluates the route closures'
+annotations (``Reader``, ``Writer``) at runtime, and local names are only visible to it then
+(with postponed annotations the rollout routes silently lost their token check).
+"""
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 MAX_STATUS_BYTES = 4096
 
 
-def router(state: AppState, require: Callable[[str], Callable[..., ApiToken]]) -> APIRouter:
+def router(state: "AppState", require: Callable[[str], Callable[..., ApiToken]]) -> APIRouter:
     """The update routes bound to ``state``."""
     api = APIRouter(tags=["updates"])
 
@@ -69,7 +71,7 @@ def router(state: AppState, require: Callable[[str], Callable[..., ApiToken]]) -
     return api
 
 
-def _operator_routes(api: APIRouter, state: AppState,
+def _operator_routes(api: APIRouter, state: "AppState",
                      require: Callable[[str], Callable[..., ApiToken]]) -> None:
     """Rollout progress and pause/resume/abort for operators."""
     Reader = Annotated[ApiToken, Depends(require("read"))]  # noqa: N806

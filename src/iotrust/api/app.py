@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from iotrust import __version__
 from iotrust.adapters.sql.store import Database
+from iotrust.api import audit as audit_api
 from iotrust.api import broker_hooks, dashboard, lifecycle, limits, onboarding, operators, updates
 from iotrust.core import pki
 from iotrust.core.onboarding.reasons import REASONS
@@ -97,6 +98,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app.include_router(broker_hooks.router(state,
                                            secret=broker_hooks.hook_secret_from_environment()))
     app.include_router(updates.router(state, require))
+    app.include_router(audit_api.router(state, require))
     dashboard.install(app, state)
     return app
 

@@ -1,7 +1,7 @@
 # iotrust — two commands on a fresh Debian/Python 3.11 machine:
 #   make run    install, initialise a trust domain in ./data if there is none, serve (SQLite)
 #   make test   install what the tests need (Debian packages included), lint, type-check, test
-.PHONY: run test lint unit bench venv clean
+.PHONY: run test lint unit bench venv clean fuzz
 
 DATA ?= data
 HOST ?= 127.0.0.1
@@ -33,3 +33,11 @@ bench: venv
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache
+
+# Short run of every atheris fuzz target (fuzz/README.md has the long run).
+FUZZ_RUNS ?= 2000
+FUZZ_ARTIFACTS ?= /tmp/iotrust-fuzz-artifacts
+fuzz: venv
+	@mkdir -p $(FUZZ_ARTIFACTS)
+	@for t in fuzz/fuzz_*.py; do echo "== $$t"; \
+	  .venv/bin/python $$t -runs=$(FUZZ_RUNS) -artifact_prefix=$(FUZZ_ARTIFACTS)/ || exit 1; done

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sqlalchemy import (
+    BindParameter,
     Connection,
     CursorResult,
     Engine,
@@ -374,6 +375,105 @@ def _policies_for_device_statement() -> Executable:
 
 _POLICIES_FOR_DEVICE: Final = _policies_for_device_statement()
 _DEVICE_STATE: Final = select(s.devices.c.state).where(s.devices.c.id == bindparam("id"))
+_GET_DOMAIN: Final = select(s.trust_domain).where(s.trust_domain.c.id == 1)
+_LOCK_EVENT_HEAD: Final = select(s.event_head.c.seq, s.event_head.c.hash).where(
+    s.event_head.c.id == 1).with_for_update()
+_INSERT_EVENT: Final = insert(s.events)
+_GET_MANUFACTURER: Final = select(s.manufacturers).where(
+    s.manufacturers.c.name == bindparam("name"))
+_GET_MODEL: Final = select(s.device_models).where(s.device_models.c.name == bindparam("name"))
+_ACTIVE_VOUCHER: Final = (
+    select(s.vouchers)
+    .where(s.vouchers.c.device_id == bindparam("device_id"), s.vouchers.c.superseded.is_(False))
+    .order_by(s.vouchers.c.id.desc()).limit(1))
+_TOUCH_LAST_SEEN: Final = update(s.devices).where(
+    s.devices.c.id == bindparam("b_id"),
+    s.devices.c.last_seen_at.is_(None) | (s.devices.c.last_seen_at < bindparam("b_at")),
+).values(last_seen_at=bindparam("b_at"))
+_LOCK_DEVICE: Final = select(s.devices.c.id).where(
+    s.devices.c.id == bindparam("id")).with_for_update()
+_KEY_SEEN: Final = select(exists().where(s.seen_keys.c.spki_sha256 == bindparam("spki")))
+_GET_CREDENTIAL: Final = select(s.credentials).where(
+    s.credentials.c.serial_number == bindparam("serial"))
+_GET_SESSION: Final = select(s.onboarding_sessions).where(
+    s.onboarding_sessions.c.id == bindparam("id"))
+_SESSION_BINDING: Final = select(
+    s.onboarding_sessions.c.factory_spki, s.onboarding_sessions.c.voucher_sha256,
+    s.onboarding_sessions.c.confirm_by).where(s.onboarding_sessions.c.id == bindparam("id"))
+
+
+def _live_session_statement() -> Executable:
+    t = s.onboarding_sessions
+    at: BindParameter[datetime] = bindparam("at")
+    live = ((t.c.state == SessionState.OPEN.value) & (t.c.expires_at > at)) | (
+        (t.c.state == SessionState.ATTESTED.value) & (t.c.confirm_by >= at))
+    return select(exists().where(t.c.device_id == bindparam("device_id"), live))
+
+
+_LIVE_SESSION: Final = _live_session_statement()
+# UPDATE parameters are named b_*: a parameter named like a column would also be SET.
+_ATTEST_SESSION: Final = update(s.onboarding_sessions).where(
+    s.onboarding_sessions.c.id == bindparam("b_id"),
+    s.onboarding_sessions.c.nonce_sha256 == bindparam("b_nonce"),
+    s.onboarding_sessions.c.consumed_at.is_(None),
+    s.onboarding_sessions.c.expires_at > bindparam("b_at"),
+    s.onboarding_sessions.c.state == SessionState.OPEN.value,
+).values(state=SessionState.ATTESTED.value, consumed_at=bindparam("b_at"),
+         confirm_by=bindparam("b_deadline"))
+_CONFIRM_SESSION: Final = update(s.onboarding_sessions).where(
+    s.onboarding_sessions.c.id == bindparam("b_id"),
+    s.onboarding_sessions.c.state == SessionState.ATTESTED.value,
+    s.onboarding_sessions.c.confirm_by >= bindparam("b_at"),
+).values(state=SessionState.CONFIRMED.value)
+_SET_SESSION_STATE_WITH_CREDENTIAL: Final = update(s.onboarding_sessions).where(
+    s.onboarding_sessions.c.id == bindparam("b_id"),
+    s.onboarding_sessions.c.state == bindparam("b_expected"),
+).values(state=bindparam("b_state"), credential_serial=bindparam("b_serial"))
+_SET_CREDENTIAL_STATE: Final = update(s.credentials).where(
+    s.credentials.c.serial_number == bindparam("b_serial"),
+    s.credentials.c.state == bindparam("b_expected"),
+).values(state=bindparam("b_state"))
+
+
+def _update_device_statement() -> Executable:
+    t = s.devices
+    return (update(t)
+            .where(t.c.id == bindparam("key_id"), t.c.state == bindparam("expected_state"),
+                   t.c.manufacturer == bindparam("key_manufacturer"),
+                   t.c.serial == bindparam("key_serial"),
+                   t.c.factory_spki_sha256 == bindparam("key_spki"),
+                   t.c.vendor_id == bindparam("key_vendor"),
+                   t.c.product_id == bindparam("key_product"))
+            .values(owner=bindparam("new_owner"), model=bindparam("new_model"),
+                    state=bindparam("new_state"), retired_reason=bindparam("new_retired"),
+                    key_storage=bindparam("new_storage"),
+                    unsafe_admission=bindparam("new_unsafe"),
+                    updated_at=bindparam("new_updated_at")))
+
+
+_UPDATE_DEVICE: Final = _update_device_statement()
+_FIND_DEVICE_FOR_UPDATE: Final = _FIND_DEVICE.with_for_update()
+
+
+def _admission_statement() -> Executable:
+    a, t = s.onboarding_attempts, s.onboarding_sessions
+    since: BindParameter[datetime] = bindparam("since")
+    at: BindParameter[datetime] = bindparam("at")
+    per_serial = (select(func.count()).select_from(a)
+                  .where(a.c.serial == bindparam("serial"), a.c.at >= since).scalar_subquery())
+    per_source = (select(func.count()).select_from(a)
+                  .where(a.c.source == bindparam("source"), a.c.at >= since).scalar_subquery())
+    overdue = exists().where(t.c.state == SessionState.ATTESTED.value,
+                             t.c.confirm_by.is_(None) | (t.c.confirm_by < at))
+    stale = exists().where(t.c.state == SessionState.OPEN.value, t.c.expires_at <= at)
+    return select(per_serial, per_source, overdue | stale)
+
+
+_ADMISSION: Final = _admission_statement()
+_MOVE_EVENT_HEAD: Final = update(s.event_head).where(s.event_head.c.id == 1).values(
+    seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+_ALL_CAS: Final = select(s.certificate_authorities).order_by(
+    s.certificate_authorities.c.created_at, s.certificate_authorities.c.id)
 
 
 def _policy_record(row: Row[Any]) -> PolicyRecord:
@@ -384,6 +484,19 @@ def _policy_record(row: Row[Any]) -> PolicyRecord:
 def _check_limit(limit: int) -> None:
     if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
         raise InputError(f"limit must be between 1 and {MAX_PAGE}", reason="invalid_limit")
+
+
+class _Unread:
+    """Marks a per-transaction memo that was not read yet (``None`` is a real value)."""
+
+
+_UNREAD: Final = _Unread()
+
+
+@functools.cache
+def _insert_into(table: Table) -> Executable:
+    """The one ``INSERT`` statement per table (built once; its compiled form is cached)."""
+    return insert(table)
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,6 +724,14 @@ class Tx:
         self._conn = conn
         self._readonly = readonly
         self._closed = False
+        # SQLite rolls back only the failing statement: a one-row, one-statement write needs no
+        # savepoint to leave the unit of work usable (PostgreSQL aborts the whole transaction).
+        self._sqlite = conn.dialect.name == "sqlite"
+        # Read once per unit of work, forgotten by this Tx's own writes to them:
+        self._domain_memo: TrustDomain | _Unread | None = _UNREAD
+        self._cas_memo: list[CertificateAuthority] | None = None
+        # The event-log head, once locked by this transaction (it cannot move under the lock).
+        self._head_memo: EventHead | _Unread | None = _UNREAD
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -648,7 +769,37 @@ class Tx:
 
     def _insert(self, table: Table, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                 ) -> None:
-        self._guarded(table, rows, lambda: self._conn.execute(insert(table), rows))
+        stmt = _insert_into(table)
+        if isinstance(rows, Mapping):
+            self._write_row(table, rows, stmt)
+        else:
+            self._guarded(table, rows, lambda: self._conn.execute(stmt, rows))
+
+    def _write_row(self, table: Table, row: Mapping[str, Any], stmt: Executable,
+                   ) -> CursorResult[Any]:
+        """One statement writing one row: in a savepoint on PostgreSQL, bare on SQLite."""
+        if self._sqlite:
+            return self._write_one(table, row, stmt)
+        return self._guarded(table, row, lambda: self._conn.execute(stmt, row))
+
+    def _write_one(self, table: Table, row: Mapping[str, Any], stmt: Executable,
+                   ) -> CursorResult[Any]:
+        """One statement writing one row, without a savepoint (SQLite only, see ``__init__``).
+
+        A refused write raises the same precise error as :meth:`_guarded` and, SQLite undoing
+        just the failed statement, leaves the unit of work as it was.
+        """
+        self._writable()
+        if self._closed:
+            raise RuntimeError("transaction already ended")
+        try:
+            return self._conn.execute(stmt, row)
+        except IntegrityError as exc:
+            raise self._integrity(exc, table, row) from None
+        except DBAPIError as exc:
+            raise _translate(exc) from None
+        except StatementError as exc:
+            raise _unwrap(exc) from None
 
     def _integrity(self, exc: IntegrityError, table: Table,
                    rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> IotrustError:
@@ -678,12 +829,15 @@ class Tx:
     # -- trust domain and CAs ----------------------------------------------------------------
 
     def get_domain(self) -> TrustDomain | None:
-        """The trust domain, or ``None`` before ``iotrust init``."""
-        row = self._exec(select(s.trust_domain).where(s.trust_domain.c.id == 1)).first()
-        return _domain(row) if row is not None else None
+        """The trust domain, or ``None`` before ``iotrust init`` (read once per transaction)."""
+        if isinstance(self._domain_memo, _Unread):
+            row = self._exec(_GET_DOMAIN).first()
+            self._domain_memo = _domain(row) if row is not None else None
+        return self._domain_memo
 
     def create_domain(self, domain: TrustDomain) -> None:
         """Create the (single) trust domain; ``ConflictError(domain_exists)`` if there is one."""
+        self._domain_memo = _UNREAD
         self._insert(s.trust_domain, {
             "id": 1, "name": domain.name, "owner": domain.owner, "created_at": domain.created_at,
             "root_ca_id": domain.root_ca_id, "server_id": domain.server_id,
@@ -692,6 +846,7 @@ class Tx:
     def update_domain(self, domain: TrustDomain) -> None:
         """Replace the trust domain's fields (``created_at`` is kept)."""
         self._writable()
+        self._domain_memo = _UNREAD
         result = self._exec(update(s.trust_domain).where(s.trust_domain.c.id == 1).values(
             name=domain.name, owner=domain.owner, root_ca_id=domain.root_ca_id,
             server_id=domain.server_id, settings=dict(domain.settings)))
@@ -700,43 +855,57 @@ class Tx:
 
     def add_ca(self, ca: CertificateAuthority) -> None:
         """Store a CA; ``ConflictError(ca_exists)`` if the id is taken."""
+        self._cas_memo = None
         self._insert(s.certificate_authorities, {
             "id": ca.id, "role": str(ca.role), "name": ca.name,
             "certificate_pem": ca.certificate_pem, "key_ref": ca.key_ref,
             "state": str(ca.state), "not_after": ca.not_after, "crl_number": ca.crl_number,
             "created_at": ca.created_at})
 
+    def _all_cas(self) -> list[CertificateAuthority]:
+        """Every CA, oldest first: one read per transaction, forgotten by this Tx's CA writes."""
+        if self._cas_memo is None:
+            self._cas_memo = [_ca(r) for r in self._exec(_ALL_CAS)]
+        return self._cas_memo
+
     def get_ca(self, ca_id: str) -> CertificateAuthority:
         """One CA; ``NotFoundError(unknown_ca)``."""
-        row = self._exec(select(s.certificate_authorities)
-                         .where(s.certificate_authorities.c.id == ca_id)).first()
-        if row is None:
-            raise NotFoundError(f"no CA {ca_id!r:.80}", reason="unknown_ca")
-        return _ca(row)
+        for ca in self._all_cas():
+            if ca.id == ca_id:
+                return ca
+        raise NotFoundError(f"no CA {ca_id!r:.80}", reason="unknown_ca")
 
     def list_cas(self, role: CaRole | str | None = None, state: CaState | str | None = None,
                  ) -> list[CertificateAuthority]:
         """CAs, oldest first, optionally filtered."""
-        t = s.certificate_authorities
-        stmt = select(t).order_by(t.c.created_at, t.c.id)
-        if role is not None:
-            stmt = stmt.where(t.c.role == as_enum(CaRole, role, "ca_role").value)
-        if state is not None:
-            stmt = stmt.where(t.c.state == as_enum(CaState, state, "ca_state").value)
-        return [_ca(r) for r in self._exec(stmt)]
+        want_role = as_enum(CaRole, role, "ca_role") if role is not None else None
+        want_state = as_enum(CaState, state, "ca_state") if state is not None else None
+        return [ca for ca in self._all_cas()
+                if (want_role is None or ca.role is want_role)
+                and (want_state is None or ca.state is want_state)]
 
     def set_ca_state(self, ca_id: str, state: CaState | str) -> None:
         """Move a CA to ``state``; ``NotFoundError(unknown_ca)``."""
         self._writable()
+        self._cas_memo = None
         t = s.certificate_authorities
         value = as_enum(CaState, state, "ca_state").value
         result = self._exec(update(t).where(t.c.id == ca_id).values(state=value))
         if result.rowcount != 1:
             raise NotFoundError(f"no CA {ca_id!r:.80}", reason="unknown_ca")
 
+    def set_ca_key_ref(self, ca_id: str, key_ref: str) -> None:
+        """Point a CA at its key somewhere else (a restore into a new data folder)."""
+        self._writable()
+        t = s.certificate_authorities
+        if not self._exec(update(t).where(t.c.id == ca_id).values(key_ref=key_ref)).rowcount:
+            raise NotFoundError(f"no CA {ca_id!r:.80}", reason="unknown_ca")
+        self._cas_memo = None
+
     def next_crl_number(self, ca_id: str) -> int:
         """Atomically increment and return the CA's CRL number (1 for the first CRL)."""
         self._writable()
+        self._cas_memo = None
         t = s.certificate_authorities
         row = self._exec(update(t).where(t.c.id == ca_id)
                          .values(crl_number=t.c.crl_number + 1)
@@ -767,7 +936,7 @@ class Tx:
 
     def get_manufacturer(self, name: str) -> Manufacturer:
         """One manufacturer; ``NotFoundError(unknown_manufacturer)``."""
-        row = self._exec(select(s.manufacturers).where(s.manufacturers.c.name == name)).first()
+        row = self._exec(_GET_MANUFACTURER, {"name": name}).first()
         if row is None:
             raise NotFoundError(f"no manufacturer {name!r:.80}", reason="unknown_manufacturer")
         return _manufacturer(row)
@@ -795,7 +964,7 @@ class Tx:
 
     def get_model(self, name: str) -> DeviceModel:
         """One model; ``NotFoundError(unknown_model)``."""
-        row = self._exec(select(s.device_models).where(s.device_models.c.name == name)).first()
+        row = self._exec(_GET_MODEL, {"name": name}).first()
         if row is None:
             raise NotFoundError(f"no device model {name!r:.80}", reason="unknown_model")
         return _model(row)
@@ -816,8 +985,7 @@ class Tx:
         Raises ``ConflictError`` with ``duplicate_serial``, ``duplicate_factory_key`` or
         ``duplicate_device_id``; ``NotFoundError`` with ``unknown_manufacturer``/``unknown_model``.
         """
-        row = _device_row(device)
-        self._guarded(s.devices, row, lambda: self._conn.execute(_INSERT_DEVICE, row))
+        self._write_row(s.devices, _device_row(device), _INSERT_DEVICE)
 
     def add_devices(self, devices: Sequence[Device]) -> None:
         """Register many devices in one executemany (bulk import); all or none."""
@@ -838,6 +1006,17 @@ class Tx:
         row = self._exec(_FIND_DEVICE, {"manufacturer": manufacturer, "serial": serial}).first()
         return _device(row) if row is not None else None
 
+    def find_device_for_update(self, manufacturer: str, serial: str) -> Device | None:
+        """:meth:`find_device` and hold the device's row until the transaction ends.
+
+        One statement: ``FOR UPDATE`` on PostgreSQL (which returns the row as it is once the
+        lock is granted); SQLite's ``BEGIN IMMEDIATE`` already serialises writers.
+        """
+        self._writable()
+        row = self._exec(_FIND_DEVICE_FOR_UPDATE,
+                         {"manufacturer": manufacturer, "serial": serial}).first()
+        return _device(row) if row is not None else None
+
     def find_device_by_factory_key(self, spki_sha256: str) -> Device | None:
         """The device whose factory key has this SPKI SHA-256, if any."""
         row = self._exec(_FIND_DEVICE_BY_KEY, {"spki": spki_sha256}).first()
@@ -852,18 +1031,16 @@ class Tx:
         ``NotFoundError(unknown_device)`` if there is no such device.
         """
         self._writable()
-        t = s.devices
-        result = self._exec(
-            update(t)
-            .where(t.c.id == new.id, t.c.state == DeviceState(expected_state).value,
-                   t.c.manufacturer == new.manufacturer, t.c.serial == new.serial,
-                   t.c.factory_spki_sha256 == new.factory_spki_sha256,
-                   t.c.vendor_id == new.vendor_id, t.c.product_id == new.product_id)
-            .values(owner=new.owner, model=new.model, state=new.state.value,
-                    retired_reason=(new.retired_reason.value
-                                    if new.retired_reason is not None else None),
-                    key_storage=new.key_storage.value, unsafe_admission=new.unsafe_admission,
-                    updated_at=new.updated_at))
+        result = self._exec(_UPDATE_DEVICE, {
+            "key_id": new.id, "expected_state": DeviceState(expected_state).value,
+            "key_manufacturer": new.manufacturer, "key_serial": new.serial,
+            "key_spki": new.factory_spki_sha256, "key_vendor": new.vendor_id,
+            "key_product": new.product_id, "new_owner": new.owner, "new_model": new.model,
+            "new_state": new.state.value,
+            "new_retired": (new.retired_reason.value
+                            if new.retired_reason is not None else None),
+            "new_storage": new.key_storage.value, "new_unsafe": new.unsafe_admission,
+            "new_updated_at": new.updated_at})
         if result.rowcount == 1:
             return
         current = self.get_device(new.id)
@@ -902,10 +1079,7 @@ class Tx:
     def touch_last_seen(self, device_id: str, at: datetime) -> None:
         """Record a contact by the device (only moves forward; unknown ids are ignored)."""
         self._writable()
-        t = s.devices
-        self._exec(update(t).where(t.c.id == device_id,
-                                   (t.c.last_seen_at.is_(None)) | (t.c.last_seen_at < at))
-                   .values(last_seen_at=at))
+        self._exec(_TOUCH_LAST_SEEN, {"b_id": device_id, "b_at": at})
 
     def get_last_seen(self, device_id: str) -> datetime | None:
         """When the device was last seen; ``NotFoundError(unknown_device)``."""
@@ -940,9 +1114,7 @@ class Tx:
 
     def get_active_voucher(self, device_id: str) -> Voucher | None:
         """The device's current (not superseded) voucher, if any."""
-        t = s.vouchers
-        row = self._exec(select(t).where(t.c.device_id == device_id, t.c.superseded.is_(False))
-                         .order_by(t.c.id.desc()).limit(1)).first()
+        row = self._exec(_ACTIVE_VOUCHER, {"device_id": device_id}).first()
         return _voucher(row) if row is not None else None
 
     # -- credentials -------------------------------------------------------------------------
@@ -957,8 +1129,7 @@ class Tx:
 
     def get_credential(self, serial_hex: str) -> Credential:
         """One credential by certificate serial (lowercase hex); ``NotFoundError``."""
-        row = self._exec(select(s.credentials)
-                         .where(s.credentials.c.serial_number == serial_hex)).first()
+        row = self._exec(_GET_CREDENTIAL, {"serial": serial_hex}).first()
         if row is None:
             raise NotFoundError(f"no credential {serial_hex!r:.80}", reason="unknown_credential")
         return _credential(row)
@@ -988,6 +1159,15 @@ class Tx:
         revoking = new_state is CredentialState.REVOKED
         if revoking != (revoked_at is not None):
             raise TypeError("revoked_at is required exactly when revoking")
+        if expected is not None and not revoking:  # the confirm's prebuilt form
+            result = self._exec(_SET_CREDENTIAL_STATE, {
+                "b_serial": serial_hex, "b_expected": CredentialState(expected).value,
+                "b_state": new_state.value})
+            if result.rowcount == 1:
+                return
+            current = self.get_credential(serial_hex)
+            raise ConflictError(f"credential {serial_hex} is {current.state.value}",
+                                reason="concurrent_update")
         t = s.credentials
         stmt = update(t).where(t.c.serial_number == serial_hex)
         if expected is not None:
@@ -1032,9 +1212,7 @@ class Tx:
 
     def key_seen(self, spki_sha256: str) -> bool:
         """Whether this public key was ever recorded."""
-        t = s.seen_keys
-        return bool(self._exec(select(exists().where(t.c.spki_sha256 == spki_sha256)))
-                    .scalar())
+        return bool(self._exec(_KEY_SEEN, {"spki": spki_sha256}).scalar())
 
     # -- onboarding sessions -----------------------------------------------------------------
 
@@ -1049,8 +1227,7 @@ class Tx:
 
     def get_session(self, session_id: str) -> OnboardingSession:
         """One session; ``NotFoundError(unknown_session)``."""
-        t = s.onboarding_sessions
-        row = self._exec(select(t).where(t.c.id == session_id)).first()
+        row = self._exec(_GET_SESSION, {"id": session_id}).first()
         if row is None:
             raise NotFoundError("no such onboarding session", reason="unknown_session")
         return _session(row)
@@ -1076,6 +1253,16 @@ class Tx:
                           credential_serial: str | None = None) -> None:
         """Move a session to ``state`` (compare-and-set with ``expected``)."""
         self._writable()
+        if expected is not None and credential_serial is not None:  # the attest's prebuilt form
+            result = self._exec(_SET_SESSION_STATE_WITH_CREDENTIAL, {
+                "b_id": session_id, "b_serial": credential_serial,
+                "b_expected": as_enum(SessionState, expected, "session_state").value,
+                "b_state": as_enum(SessionState, state, "session_state").value})
+            if result.rowcount == 1:
+                return
+            current = self.get_session(session_id)
+            raise ConflictError(f"onboarding session is {current.state}",
+                                reason="concurrent_update")
         t = s.onboarding_sessions
         stmt = update(t).where(t.c.id == session_id)
         if expected is not None:
@@ -1122,6 +1309,22 @@ class Tx:
         if self._exec(select(t.c.id).where(t.c.name == name)).first() is None:
             raise NotFoundError(f"no token {name!r:.80}", reason="unknown_token")
 
+    def rotate_token(self, name: str, token_sha256: str) -> None:
+        """Replace a live token's hash (the old secret stops working at commit).
+
+        ``NotFoundError(unknown_token)``; ``ConflictError(token_revoked)`` for a revoked token.
+        """
+        self._writable()
+        check_sha256_hex(token_sha256, "token hash")
+        t = s.api_tokens
+        done = self._exec(update(t).where(t.c.name == name, t.c.revoked_at.is_(None))
+                          .values(token_sha256=token_sha256)).rowcount
+        if done:
+            return
+        if self._exec(select(t.c.id).where(t.c.name == name)).first() is None:
+            raise NotFoundError(f"no token {name!r:.80}", reason="unknown_token")
+        raise ConflictError(f"token {name!r:.80} is revoked", reason="token_revoked")
+
     # -- event log ---------------------------------------------------------------------------
 
     def append_event(self, make: Callable[[EventHead | None], EventRow]) -> EventRow:
@@ -1133,18 +1336,33 @@ class Tx:
         ``prev_hash`` to ``head.hash``; anything else is a ``RuntimeError``.
         """
         self._writable()
-        h = s.event_head
-        locked = self._exec(select(h.c.seq, h.c.hash).where(h.c.id == 1).with_for_update()).one()
-        head = EventHead(int(locked.seq), locked.hash) if locked.seq else None
+        head = self._head_memo
+        if isinstance(head, _Unread):  # first append of this unit of work: lock and read
+            locked = self._exec(_LOCK_EVENT_HEAD).one()
+            head = EventHead(int(locked.seq), locked.hash) if locked.seq else None
+            self._head_memo = head
         row = make(head)
         expected_seq = head.seq + 1 if head is not None else 1
         if row.seq != expected_seq or (head is not None and row.prev_hash != head.hash):
             raise RuntimeError("event record does not extend the current head")
-        self._insert(s.events, {
-            "seq": row.seq, "at": row.at, "kind": row.kind, "actor": row.actor,
-            "device_id": row.device_id, "reason": row.reason, "data": row.data,
-            "prev_hash": row.prev_hash, "hash": row.hash})
-        self._exec(update(h).where(h.c.id == 1).values(seq=row.seq, hash=row.hash))
+        values = {"seq": row.seq, "at": row.at, "kind": row.kind, "actor": row.actor,
+                  "device_id": row.device_id, "reason": row.reason, "data": row.data,
+                  "prev_hash": row.prev_hash, "hash": row.hash}
+        self._head_memo = _UNREAD  # re-read after a failure below
+        if self._closed:
+            raise RuntimeError("transaction already ended")
+        # No savepoint even on PostgreSQL: under the head lock the sequence number cannot be
+        # taken, so a failure here is a bug that must end the unit of work anyway.
+        try:
+            self._conn.execute(_INSERT_EVENT, values)
+        except IntegrityError as exc:
+            raise self._integrity(exc, s.events, values) from None
+        except DBAPIError as exc:
+            raise _translate(exc) from None
+        except StatementError as exc:
+            raise _unwrap(exc) from None
+        self._exec(_MOVE_EVENT_HEAD, {"new_seq": row.seq, "new_hash": row.hash})
+        self._head_memo = EventHead(row.seq, row.hash)
         return row
 
     def event_head(self) -> EventHead | None:
@@ -1197,11 +1415,20 @@ class Tx:
             "credential_serial": session.credential_serial, "created_at": session.created_at,
             "factory_spki": factory_spki, "voucher_sha256": voucher_sha256, "confirm_by": None})
 
+    def get_session_and_binding(self, session_id: str,
+                                ) -> tuple[OnboardingSession, SessionBinding] | None:
+        """:meth:`get_session` and :meth:`session_binding` in one read (``None``: no session)."""
+        row = self._exec(_GET_SESSION, {"id": session_id}).first()
+        if row is None:
+            return None
+        spki = bytes(row.factory_spki) if row.factory_spki is not None else None
+        return _session(row), SessionBinding(factory_spki=spki,
+                                             voucher_sha256=row.voucher_sha256,
+                                             confirm_by=row.confirm_by)
+
     def session_binding(self, session_id: str) -> SessionBinding | None:
         """What the hello bound a session to and its deadline (``None``: no such session)."""
-        t = s.onboarding_sessions
-        row = self._exec(select(t.c.factory_spki, t.c.voucher_sha256, t.c.confirm_by)
-                         .where(t.c.id == session_id)).first()
+        row = self._exec(_SESSION_BINDING, {"id": session_id}).first()
         if row is None:
             return None
         spki = bytes(row.factory_spki) if row.factory_spki is not None else None
@@ -1214,18 +1441,14 @@ class Tx:
         ``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises writers.
         """
         self._writable()
-        self._exec(select(s.devices.c.id).where(s.devices.c.id == device_id).with_for_update())
+        self._exec(_LOCK_DEVICE, {"id": device_id})
 
     def live_session_exists(self, device_id: str, at: datetime) -> bool:
         """Whether the device has a live session at ``at``.
 
         Live: open and unexpired, or attested and not past its confirmation deadline.
         """
-        t = s.onboarding_sessions
-        live = ((t.c.state == SessionState.OPEN.value) & (t.c.expires_at > at)) | (
-            (t.c.state == SessionState.ATTESTED.value) & (t.c.confirm_by >= at))
-        return bool(self._exec(select(exists().where(t.c.device_id == device_id, live)))
-                    .scalar())
+        return bool(self._exec(_LIVE_SESSION, {"device_id": device_id, "at": at}).scalar())
 
     def attest_session(self, session_id: str, nonce_sha256: str, at: datetime,
                        confirm_by: datetime) -> bool:
@@ -1235,22 +1458,14 @@ class Tx:
         ``True`` for exactly one caller, ever.
         """
         self._writable()
-        t = s.onboarding_sessions
-        result = self._exec(
-            update(t).where(t.c.id == session_id, t.c.nonce_sha256 == nonce_sha256,
-                            t.c.consumed_at.is_(None), t.c.expires_at > at,
-                            t.c.state == SessionState.OPEN.value)
-            .values(state=SessionState.ATTESTED.value, consumed_at=at, confirm_by=confirm_by))
+        result = self._exec(_ATTEST_SESSION, {"b_id": session_id, "b_nonce": nonce_sha256,
+                                              "b_at": at, "b_deadline": confirm_by})
         return result.rowcount == 1
 
     def confirm_session(self, session_id: str, at: datetime) -> bool:
         """Move attested → confirmed unless the deadline passed; ``True`` for one caller only."""
         self._writable()
-        t = s.onboarding_sessions
-        result = self._exec(
-            update(t).where(t.c.id == session_id, t.c.state == SessionState.ATTESTED.value,
-                            t.c.confirm_by >= at)
-            .values(state=SessionState.CONFIRMED.value))
+        result = self._exec(_CONFIRM_SESSION, {"b_id": session_id, "b_at": at})
         return result.rowcount == 1
 
     def refuse_session(self, session_id: str, *, expected: SessionState) -> bool:
@@ -1309,6 +1524,19 @@ class Tx:
         if source is not None:
             stmt = stmt.where(t.c.source == source)
         return int(self._exec(stmt).scalar_one())
+
+    def onboarding_admission(self, *, since: datetime, serial: str | None, source: str,
+                             at: datetime) -> tuple[int, int, bool]:
+        """What admitting one hello needs, in one read.
+
+        ``(hellos of serial since, hellos of source since, sweep due)``: the two counts of
+        :meth:`count_onboarding_attempts` (0 for a ``None`` serial), and whether an open session's
+        nonce expired or an attested session's confirmation deadline passed by ``at`` (the work
+        of the unconfirmed-session sweep).
+        """
+        row = self._exec(_ADMISSION, {"since": since, "serial": serial, "source": source,
+                                      "at": at}).one()
+        return int(row[0]), int(row[1]), bool(row[2])
 
     def prune_onboarding_attempts(self, before: datetime) -> int:
         """Forget hellos older than ``before`` (they no longer count); returns how many."""

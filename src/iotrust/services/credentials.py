@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from iotrust.adapters.files import write_atomic
 from iotrust.adapters.sql.store import Database, Tx
@@ -22,7 +23,7 @@ from iotrust.core import pki
 from iotrust.core.lifecycle import CredentialState
 from iotrust.core.records import CertificateAuthority, Credential
 from iotrust.ports import Clock
-from iotrust.services import eventlog
+from iotrust.services import eventlog, faults
 from iotrust.services.domain import Secrets, active_issuing_ca, crl_url_for, require_domain
 from iotrust.services.settings import Settings
 
@@ -74,7 +75,26 @@ class Issuer:
         crl_url: str | None = None,
     ) -> Issued:
         """Check ``csr`` and issue an operational certificate for ``device_id`` within ``tx``."""
-        public_key = pki.check_csr(csr)
+        return self.issue_for_key(tx, device_id=device_id, public_key=pki.check_csr(csr),
+                                  lifetime=lifetime, actor=actor, crl_url=crl_url)
+
+    def issue_for_key(
+        self,
+        tx: Tx,
+        *,
+        device_id: str,
+        public_key: ec.EllipticCurvePublicKey,
+        lifetime: timedelta = DEFAULT_CREDENTIAL_LIFETIME,
+        actor: str,
+        crl_url: str | None = None,
+    ) -> Issued:
+        """:meth:`issue_for_device` for a key the caller took from a CSR it already checked.
+
+        ``public_key`` must come from :func:`iotrust.core.pki.check_csr` (proof of possession,
+        P-256), as onboarding's ``check_attest`` does; everything after that check is the same:
+        the key is recorded (``ConflictError(key_reused)`` if ever seen), the certificate issued,
+        the credential stored and the event recorded, all within ``tx``.
+        """
         spki = pki.spki_sha256(public_key)
         now = self._clock.now()
         tx.record_key(spki, "credential", device_id, now)  # ConflictError key_reused if seen
@@ -148,5 +168,6 @@ def publish_crls(db: Database, settings: Settings, secrets: Secrets, clock: Cloc
                                   "next_update": (now + CRL_VALIDITY).isoformat()})
     for ca_id, pem in published:
         write_atomic(settings.crl_dir / f"{ca_id}.crl.pem", pem, mode=0o644)
+    faults.checkpoint("crl.publish.before_bundle")
     write_atomic(settings.crl_dir / "all.crl.pem", b"".join(p for _, p in published), mode=0o644)
     return [ca_id for ca_id, _ in published]

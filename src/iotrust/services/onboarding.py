@@ -26,6 +26,7 @@ decide trust itself (the core does) or talk to the broker.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -36,7 +37,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from iotrust.adapters.sql.store import Database, Tx
+from iotrust.adapters.sql.store import Database, SessionBinding, Tx
 from iotrust.core import events as ev
 from iotrust.core import lifecycle, pki
 from iotrust.core.ids import new_device_id
@@ -64,11 +65,11 @@ from iotrust.core.onboarding.server import (
     precheck_attest,
     session_record_id,
 )
-from iotrust.core.records import OnboardingSession, SessionState, TrustDomain
+from iotrust.core.records import Manufacturer, OnboardingSession, SessionState, TrustDomain
 from iotrust.core.vouchers import SignedVoucher, decode_voucher
 from iotrust.errors import ConflictError, InputError, IotrustError, NotFoundError, TrustError
 from iotrust.ports import Clock
-from iotrust.services import eventlog, zombies
+from iotrust.services import eventlog, faults, zombies
 from iotrust.services.credentials import (
     DEFAULT_CREDENTIAL_LIFETIME,
     Issuer,
@@ -102,6 +103,9 @@ ONBOARDING_UNCONFIRMED: Final = "onboarding.unconfirmed"
 _UNCONFIRMED_REVOCATION: Final = "unspecified"
 _MAX_DETAIL: Final = 200
 _MAX_SOURCE: Final = 200
+#: How often (by the service's clock) a hello also forgets attempts older than the rate window;
+#: they no longer count either way, so this is housekeeping, not a limit.
+_PRUNE_INTERVAL: Final = timedelta(seconds=10)
 
 #: The least-privilege policy a device gets when nothing more specific exists (DESIGN.md §7):
 #: publish its own telemetry, receive its own commands.
@@ -210,8 +214,24 @@ def _factory_key(spki: bytes | None) -> ec.EllipticCurvePublicKey:
 
 
 def _owner_spki(tx: Tx) -> str:
-    root = pki.load_certificate(root_ca(tx).certificate_pem.encode())
-    return pki.spki_sha256(root.public_key())
+    return _spki_sha256_of_pem(root_ca(tx).certificate_pem)
+
+
+# CA certificates and manufacturer records are parsed once per distinct stored value (immutable
+# text in, immutable value out); the registry is still read in every transaction.
+@functools.lru_cache(maxsize=64)
+def _spki_sha256_of_pem(certificate_pem: str) -> str:
+    return pki.spki_sha256(pki.load_certificate(certificate_pem.encode()).public_key())
+
+
+@functools.lru_cache(maxsize=64)
+def _der_of_pem(certificate_pem: str) -> bytes:
+    return pki.load_certificate(certificate_pem.encode()).public_bytes(Encoding.DER)
+
+
+@functools.lru_cache(maxsize=256)
+def _trust_of(record: Manufacturer) -> ManufacturerTrust:
+    return ManufacturerTrust.from_record(record)
 
 
 class OnboardingService:
@@ -231,6 +251,7 @@ class OnboardingService:
         self._secrets = secrets
         self._random = random
         self._issuer = issuer or Issuer(secrets, clock)
+        self._next_prune = datetime.min.replace(tzinfo=clock.now().tzinfo)
 
     # -- the three steps ---------------------------------------------------------------------
 
@@ -238,10 +259,12 @@ class OnboardingService:
         """Answer ``POST /v1/onboarding/hello``: open a session and return its server nonce."""
         seen = _Seen("hello", _source(source))
         try:
-            return self._hello(body, seen)
+            response = self._hello(body, seen)
         except (TrustError, InputError) as exc:
             self._refused(seen, exc)
             raise
+        faults.checkpoint("onboarding.hello.committed")
+        return response
 
     def attest(self, body: bytes, *, source: str) -> AttestResponse:
         """Answer ``POST /v1/onboarding/attest``: spend the nonce, check, issue the credential."""
@@ -276,29 +299,30 @@ class OnboardingService:
             seen.serial = req.serial
         except InputError as exc:
             parse_error = exc
-        self._admit(seen, now)
+        sweep_due = self._admit(seen, now)
         if parse_error is not None:
             raise parse_error
         if req is None:  # parse_error is None exactly when req is set
             raise RuntimeError("unreachable: no request and no parse error")
-        self._sweep_quietly()
+        if sweep_due:  # otherwise the sweep would find nothing to expire (it also prunes)
+            self._sweep_quietly()
+            self._next_prune = now + _PRUNE_INTERVAL
         maker_name, spki = _claimed_identity(req)
         with self._db.transaction() as tx:
             domain = require_domain(tx)
             config = OnboardingConfig.from_settings(domain.settings)
             device = None
             if maker_name is not None:
-                found = tx.find_device(maker_name, req.serial)
-                if found is not None:
-                    seen.device_id = found.id
-                    tx.lock_device(found.id)  # one live session per device, across workers
-                    device = tx.get_device(found.id)
+                # locked until the end: one live session per device, across workers
+                device = tx.find_device_for_update(maker_name, req.serial)
+                if device is not None:
+                    seen.device_id = device.id
+            manufacturer = _trust(tx, maker_name)
             decision = check_hello(
-                req, now=now, device=device, manufacturer=_trust(tx, maker_name),
+                req, now=now, device=device, manufacturer=manufacturer,
                 voucher=_voucher(tx, device), owner=domain.owner,
                 owner_spki_sha256=_owner_spki(tx),
-                device_by_factory_key=(tx.find_device_by_factory_key(spki)
-                                       if spki is not None else None),
+                device_by_factory_key=_device_by_factory_key(tx, device, spki),
                 open_session_exists=(device is not None
                                      and tx.live_session_exists(device.id, now)))
             if decision.device is None:
@@ -324,20 +348,28 @@ class OnboardingService:
                                   "unsafe_admission": device.unsafe_admission})
             return hello_response(decision, session, server_id=domain.server_id)
 
-    def _admit(self, seen: _Seen, now: datetime) -> None:
-        """Apply the rate limits, then count this hello (a refused one is not counted)."""
+    def _admit(self, seen: _Seen, now: datetime) -> bool:
+        """Apply the rate limits, then count this hello (a refused one is not counted).
+
+        Returns whether the unconfirmed-session sweep has work (checked in the same read).
+        """
         with self._db.transaction() as tx:
             config = OnboardingConfig.from_settings(require_domain(tx).settings)
             since = now - timedelta(seconds=config.rate_window_s)
+            per_serial, per_source, sweep_due = tx.onboarding_admission(
+                since=since, serial=seen.serial, source=seen.source, at=now)
+            prune = not sweep_due and now >= self._next_prune
             if seen.serial is not None and config.rate_per_serial and \
-                    tx.count_onboarding_attempts(since=since, serial=seen.serial) \
-                    >= config.rate_per_serial:
+                    per_serial >= config.rate_per_serial:
                 raise refuse(r.RATE_LIMITED, "too many onboarding attempts for this serial")
-            if config.rate_per_source and \
-                    tx.count_onboarding_attempts(since=since, source=seen.source) \
-                    >= config.rate_per_source:
+            if config.rate_per_source and per_source >= config.rate_per_source:
                 raise refuse(r.RATE_LIMITED, "too many onboarding attempts from this source")
             tx.add_onboarding_attempt(seen.serial, seen.source, now)
+            if prune:  # the sweep prunes too
+                tx.prune_onboarding_attempts(since)
+        if prune:
+            self._next_prune = now + _PRUNE_INTERVAL
+        return sweep_due
 
     def _admit_unsafely(self, tx: Tx, decision: HelloDecision, domain: TrustDomain, seen: _Seen,
                         now: datetime) -> Device:
@@ -380,16 +412,16 @@ class OnboardingService:
         now = self._clock.now()
         with self._db.transaction() as tx:
             config = OnboardingConfig.from_settings(require_domain(tx).settings)
-            session = _session(tx, sid)
+            session, binding = _session_and_binding(tx, sid)
             if session is not None and session.serial == req.serial:
                 seen.device_id = session.device_id
                 seen.session_id = sid
             session = precheck_attest(req, session=session, now=now)
-            binding = tx.session_binding(sid)
             confirm_by = now.replace(microsecond=0) + timedelta(seconds=config.confirm_s)
             # Spend the nonce and commit *before* any signature is checked: one attest per nonce.
             consumed = tx.attest_session(sid, nonce_sha256(req.server_nonce), now, confirm_by)
         seen.consumed = consumed
+        faults.checkpoint("onboarding.attest.nonce_spent")
         with self._db.transaction() as tx:
             domain = require_domain(tx)
             if binding is None or binding.voucher_sha256 is None:
@@ -408,9 +440,11 @@ class OnboardingService:
             crl_url = (f"{public_url.rstrip('/')}/v1/crl/{active_issuing_ca(tx).id}.crl"
                        if isinstance(public_url, str) and public_url else None)
             try:
-                issued = self._issuer.issue_for_device(
-                    tx, device_id=device.id, csr=req.csr, lifetime=lifetime, actor=ACTOR,
-                    crl_url=crl_url)
+                # check_attest verified the CSR (proof of possession, P-256, not the factory
+                # key, never seen): certify its key without checking the CSR a second time.
+                issued = self._issuer.issue_for_key(
+                    tx, device_id=device.id, public_key=decision.csr_public_key,
+                    lifetime=lifetime, actor=ACTOR, crl_url=crl_url)
             except ConflictError as exc:  # the CSR key was recorded concurrently elsewhere
                 raise refuse(r.CLONE_SUSPECTED, "the CSR key was already seen on a device",
                              detail=exc.reason) from exc
@@ -419,12 +453,13 @@ class OnboardingService:
             tx.set_session_state(sid, SessionState.ATTESTED, expected=SessionState.ATTESTED,
                                  credential_serial=issued.credential.serial_number)
             tx.touch_last_seen(device.id, now)
-            root = pki.load_certificate(root_ca(tx).certificate_pem.encode())
+            root_pem = root_ca(tx).certificate_pem
+            faults.checkpoint("onboarding.attest.before_commit")
+        faults.checkpoint("onboarding.attest.committed")
         return AttestResponse(
             device_id=device.id,
             certificate=issued.certificate.public_bytes(Encoding.DER),
-            ca_chain=(pki.load_certificate(issued.ca.certificate_pem.encode())
-                      .public_bytes(Encoding.DER), root.public_bytes(Encoding.DER)),
+            ca_chain=(_der_of_pem(issued.ca.certificate_pem), _der_of_pem(root_pem)),
             broker=Broker(config.broker_host, config.broker_port),
             update_root=update_root_bundle(self._settings),
             policy=render_policy(device.id), confirm_by=confirm_by)
@@ -436,13 +471,12 @@ class OnboardingService:
         sid = session_record_id(req.session_id)
         now = self._clock.now()
         with self._db.transaction() as tx:
-            session = _session(tx, sid)
+            session, binding = _session_and_binding(tx, sid)
             if session is not None and session.device_id == req.device_id:
                 seen.device_id = session.device_id
                 seen.serial = session.serial
                 seen.session_id = sid
                 seen.attested = session.state is SessionState.ATTESTED
-            binding = tx.session_binding(sid)
             confirm_by = binding.confirm_by if binding is not None else None
             certificate = None
             if session is not None and session.credential_serial is not None:
@@ -487,6 +521,8 @@ class OnboardingService:
                                   "session": sid, "credential": session.credential_serial,
                                   "source": seen.source,
                                   "unsafe_admission": device.unsafe_admission})
+            faults.checkpoint("onboarding.confirm.before_commit")
+        faults.checkpoint("onboarding.confirm.committed")
 
     # -- refusals ----------------------------------------------------------------------------
 
@@ -536,11 +572,10 @@ class OnboardingService:
             _log.warning("publishing the CRL after an onboarding refusal failed: %s", exc)
 
 
-def _session(tx: Tx, session_id: str) -> OnboardingSession | None:
-    try:
-        return tx.get_session(session_id)
-    except NotFoundError:
-        return None
+def _session_and_binding(tx: Tx, session_id: str,
+                         ) -> tuple[OnboardingSession | None, SessionBinding | None]:
+    found = tx.get_session_and_binding(session_id)
+    return (None, None) if found is None else found
 
 
 def _claimed_identity(req: HelloRequest) -> tuple[str | None, str | None]:
@@ -556,9 +591,18 @@ def _trust(tx: Tx, name: str | None) -> ManufacturerTrust | None:
     if name is None:
         return None
     try:
-        return ManufacturerTrust.from_record(tx.get_manufacturer(name))
+        return _trust_of(tx.get_manufacturer(name))
     except NotFoundError:
         return None
+
+
+def _device_by_factory_key(tx: Tx, device: Device | None, spki: str | None) -> Device | None:
+    """The device bound to the claimed factory key (keys are unique in the registry)."""
+    if spki is None:
+        return None
+    if device is not None and device.factory_spki_sha256 == spki:
+        return device  # the unique key is this device's own: no second lookup needed
+    return tx.find_device_by_factory_key(spki)
 
 
 def _voucher(tx: Tx, device: Device | None) -> SignedVoucher | None:

@@ -8,12 +8,16 @@ revocation checking, while our paths are short, our profiles are few and revocat
 point. The rules checked are the ones of RFC 5280 §6 that matter for these paths: signatures,
 validity windows, CA bit, keyCertSign, path length, unknown critical extensions, and CRLs.
 
-Not done here: name constraints and policy processing (a critical extension of that kind is
-refused as not understood), fetching CRLs, and any decision about *which* anchors to trust.
+Signatures of certificates directly under a trust anchor are remembered in a small bounded LRU
+(pure memoisation of an immutable fact, no I/O). Not done here: name constraints and policy
+processing (a critical extension of that kind is refused as not understood), fetching CRLs, and
+any decision about *which* anchors to trust.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -37,15 +41,62 @@ _UNDERSTOOD_CRITICAL = frozenset(
 )
 
 
-def _issued_by(cert: x509.Certificate, candidates: Sequence[x509.Certificate]) -> int | None:
-    """Index of the first candidate whose name matches and whose key verifies ``cert``."""
+#: How many verified (certificate, trust anchor) signatures are remembered.
+ANCHOR_SIGNATURE_CACHE_SIZE = 256
+
+
+class _VerifiedUnderAnchor:
+    """A bounded LRU of certificates whose signature by a trust anchor's key verified.
+
+    Both certificates are immutable and the key is their full DER encodings (certificates
+    compare and hash by DER), so a hit stands for exactly the verification it replaces. Only
+    successes directly under an anchor are kept: mostly a manufacturer's issuing CAs, met again
+    at every onboarding (a leaf under its issuing CA is always verified). Validity windows,
+    extensions and revocation are still checked on every path, every time.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[x509.Certificate, x509.Certificate], None] = (
+            OrderedDict())
+        self._lock = threading.Lock()
+
+    def verified(self, cert: x509.Certificate, anchor: x509.Certificate) -> bool:
+        key = (cert, anchor)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return True
+        return False
+
+    def remember(self, cert: x509.Certificate, anchor: x509.Certificate) -> None:
+        with self._lock:
+            self._entries[(cert, anchor)] = None
+            self._entries.move_to_end((cert, anchor))
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+_UNDER_ANCHOR = _VerifiedUnderAnchor(ANCHOR_SIGNATURE_CACHE_SIZE)
+
+
+def _issued_by(cert: x509.Certificate, candidates: Sequence[x509.Certificate], *,
+               anchors: bool = False) -> int | None:
+    """Index of the first candidate whose name matches and whose key verifies ``cert``.
+
+    With ``anchors`` the candidates are trust anchors and successes are remembered.
+    """
     for index, candidate in enumerate(candidates):
         if candidate.subject != cert.issuer:
             continue
+        if anchors and _UNDER_ANCHOR.verified(cert, candidate):
+            return index
         try:
             cert.verify_directly_issued_by(candidate)
         except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
             continue
+        if anchors:
+            _UNDER_ANCHOR.remember(cert, candidate)
         return index
     return None
 
@@ -62,7 +113,7 @@ def _build_path(
     unused = list(intermediates)
     while True:
         current = path[-1]
-        found = _issued_by(current, anchors)
+        found = _issued_by(current, anchors, anchors=True)
         if found is not None:
             path.append(anchors[found])
             return path

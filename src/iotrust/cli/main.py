@@ -19,6 +19,7 @@ from iotrust.cli import broker as broker_cli
 from iotrust.cli import factory as factory_cli
 from iotrust.cli import hw as hw_cli
 from iotrust.cli import ingest as ingest_cli
+from iotrust.cli import lifecycle as lifecycle_cli
 from iotrust.cli import policy as policy_cli
 from iotrust.cli import updates as updates_cli
 from iotrust.cli.common import STATE, emit, emit_object, err, errors, out, progress
@@ -27,7 +28,15 @@ from iotrust.core.lifecycle import RetirementReason
 from iotrust.errors import InputError, NotFoundError, TrustError
 from iotrust.ports import SystemClock
 from iotrust.services import broker as broker_svc
-from iotrust.services import credentials, devices, domain, eventlog, manufacturers, tokens
+from iotrust.services import (
+    credentials,
+    devices,
+    domain,
+    eventlog,
+    manufacturers,
+    safety,
+    tokens,
+)
 from iotrust.services import vouchers as voucher_svc
 
 app = typer.Typer(help="iotrust: keep an IoT fleet trustworthy from factory to retirement.",
@@ -54,6 +63,7 @@ for sub, name in ((manufacturer_app, "manufacturer"), (voucher_app, "voucher"),
     app.add_typer(sub, name=name)
 
 CLOCK = SystemClock()
+lifecycle_cli.install(app, devices_app)
 
 
 @app.callback()
@@ -131,7 +141,7 @@ def run(
                                      actor=STATE.actor())
             err.print(f"initialised a trust domain in {STATE.settings.data_dir}")
         db.close()
-    _serve(host, port, workers)
+    _serve(host, port, workers, safety.StartupOptions(safety.Profile.DEVELOPMENT))
 
 
 @app.command()
@@ -139,19 +149,41 @@ def serve(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8443),
     workers: int = typer.Option(1, min=1, max=64),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Server certificate (PEM)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="Server key (PEM)."),
+    production: bool = typer.Option(False, "--production",
+                                    help="Production profile (also IOTRUST_PROFILE=production)."),
+    unsafe_plain_http: bool = typer.Option(
+        False, "--unsafe-plain-http", help="UNSAFE: plain HTTP in production (TLS proxy)."),
+    unsafe_unencrypted_ca_key: bool = typer.Option(
+        False, "--unsafe-unencrypted-ca-key", help="UNSAFE: start with unencrypted CA keys."),
 ) -> None:
     """Serve the HTTP API (onboarding, operators) on the configured registry."""
-    _serve(host, port, workers)
+    with errors():
+        options = safety.StartupOptions(
+            safety.Profile.resolve(production=production), tls_cert=tls_cert, tls_key=tls_key,
+            unsafe_plain_http=unsafe_plain_http,
+            unsafe_unencrypted_ca_key=unsafe_unencrypted_ca_key)
+    _serve(host, port, workers, options)
 
 
-def _serve(host: str, port: int, workers: int) -> None:
+def _serve(host: str, port: int, workers: int, options: safety.StartupOptions) -> None:
     import uvicorn  # noqa: PLC0415 - only the serving commands need it
 
+    with errors():
+        db = STATE.db()
+        try:
+            safety.check_startup(db, STATE.settings, options)
+        finally:
+            db.close()
     os.environ["IOTRUST_DATA"] = str(STATE.settings.data_dir)
-    err.print(f"iotrust serving on http://{host}:{port} (data {STATE.settings.data_dir}); "
+    scheme = "https" if options.tls else "http"
+    err.print(f"iotrust serving on {scheme}://{host}:{port} (data {STATE.settings.data_dir}, "
+              f"{options.profile} profile); "
               "create an operator token with `iotrust token create NAME --role admin`")
     uvicorn.run("iotrust.api.app:app_from_environment", factory=True, host=host, port=port,
-                workers=workers, log_level="warning",
+                workers=workers, log_level=os.environ.get("IOTRUST_LOG_LEVEL", "warning"),
+                ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key,
                 # Never trust X-Forwarded-For by default: per-source rate limits count the peer.
                 proxy_headers=False, http="iotrust.api.transport:NoDelayH11Protocol")
 
@@ -409,6 +441,14 @@ def token_list() -> None:
         emit([{"name": t.name, "role": t.role, "created_at": t.created_at.isoformat(),
                "revoked": t.revoked_at is not None} for t in rows],
              ["name", "role", "created_at", "revoked"])
+
+
+@token_app.command("rotate")
+def token_rotate(name: str) -> None:
+    """Give a token a new secret (printed once); the old secret is refused from now on."""
+    with errors():
+        rec, secret = tokens.rotate_token(STATE.db(), CLOCK, name, actor=STATE.actor())
+        emit_object({"name": rec.name, "role": rec.role, "token": secret})
 
 
 @token_app.command("revoke")

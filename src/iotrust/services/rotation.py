@@ -58,7 +58,7 @@ from iotrust.errors import (
     TrustError,
 )
 from iotrust.ports import Clock
-from iotrust.services import eventlog, zombies
+from iotrust.services import eventlog, faults, zombies
 from iotrust.services.credentials import (
     DEFAULT_CREDENTIAL_LIFETIME,
     Issuer,
@@ -226,7 +226,9 @@ class RotationService:
         """``POST /v1/rotation/begin``."""
         seen = _Seen("begin", _source(source))
         with self._refusals(seen):
-            return self._begin(body, seen)
+            response = self._begin(body, seen)
+            faults.checkpoint("rotation.begin.committed")
+            return response
         raise RuntimeError("unreachable")  # pragma: no cover - _refusals re-raises
 
     def complete(self, body: bytes, *, source: str) -> rot.CompleteResponse:
@@ -289,6 +291,7 @@ class RotationService:
             confirm_by = now.replace(microsecond=0) + timedelta(seconds=config.confirm_s)
             consumed = tx.complete_rotation_session(sid, session.nonce_sha256, now, confirm_by)
         seen.completed = consumed
+        faults.checkpoint("rotation.complete.nonce_spent")
         with self._db.transaction() as tx:
             device, cred = _device(tx, req.device_id), _credential(tx, req.credential_serial)
             if cred is None:
@@ -314,6 +317,7 @@ class RotationService:
                                   "new": issued.credential.serial_number, "ca": issued.ca.id,
                                   "not_after": issued.credential.not_after.isoformat()})
             root = pki.load_certificate(root_ca(tx).certificate_pem.encode())
+        faults.checkpoint("rotation.complete.committed")
         ca = pki.load_certificate(issued.ca.certificate_pem.encode())
         return rot.CompleteResponse(
             device_id=device.id, certificate=issued.certificate.public_bytes(Encoding.DER),
@@ -365,6 +369,8 @@ class RotationService:
             eventlog.record(tx, self._clock, ROTATION_CONFIRMED, actor=ACTOR, device_id=device.id,
                             data={"session": sid, "old": old.serial_number,
                                   "new": new_cred.serial_number, "old_revoked": revoked})
+            faults.checkpoint("rotation.confirm.before_commit")
+        faults.checkpoint("rotation.confirm.committed")
         return revoked
 
     # -- effects -----------------------------------------------------------------------------
@@ -425,6 +431,7 @@ def publish_and_install(db: Database, settings: Settings, secrets: Secrets, cloc
         return
     with broker.exclusive():
         publish_crls(db, settings, secrets, clock, actor=actor)
+        faults.checkpoint("rotation.enforce.published")
         try:
             broker.install_crl((settings.crl_dir / "all.crl.pem").read_bytes())
         except BackendError as exc:
@@ -525,7 +532,7 @@ class CampaignReport:
     requested: int
 
 
-def _targets(db: Database, *, model: str | None, group: str | None,
+def select_targets(db: Database, *, model: str | None, group: str | None,
              all_devices: bool) -> list[str]:
     if sum((model is not None, group is not None, all_devices)) != 1:
         raise InputError("choose exactly one of --model, --group or --all",
@@ -561,7 +568,7 @@ def request_renewal(db: Database, clock: Clock, *, actor: str, model: str | None
     if rate is not None and not 0 < rate <= 1_000_000:  # noqa: PLR2004
         raise InputError("the rate must be in (0, 1000000] devices per second",
                          reason="invalid_rate")
-    targets = _targets(db, model=model, group=group, all_devices=all_devices)
+    targets = select_targets(db, model=model, group=group, all_devices=all_devices)
     campaign = f"rot-{clock.now().strftime('%Y%m%d%H%M%S')}-{os.urandom(3).hex()}"
     batch = max(1, int(rate)) if rate is not None else 1000
     interval = batch / rate if rate is not None else 0.0

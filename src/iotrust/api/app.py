@@ -37,6 +37,7 @@ class AppState:
         self.db = db
         self.clock = clock
         self.secrets = secrets
+        self.auth_limits = tokens.AuthLimits.from_environment()  # failed-token limit per source
 
 
 def _status(exc: IotrustError) -> int:
@@ -112,7 +113,9 @@ def require(permission: str) -> Callable[..., ApiToken]:
         if scheme.lower() != "bearer" or not value:
             raise AuthError("a valid operator token is required", reason="unauthenticated")
         state: AppState = request.app.state.iotrust
-        token = tokens.authenticate(state.db, value.strip())
+        source = request.client.host if request.client else "unknown"
+        token = tokens.authenticate_request(state.db, state.clock, value.strip(), source=source,
+                                            limits=state.auth_limits)
         tokens.authorize(token, permission)
         return token
 

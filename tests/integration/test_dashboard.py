@@ -118,7 +118,8 @@ def _csrf(html: str) -> str:
 
 
 def login(client: TestClient, token: str) -> str:
-    """Sign in; returns the CSRF token of the session's forms."""
+    """Sign in (as a fresh browser would); returns the CSRF token of the session's forms."""
+    client.cookies.clear()
     page = client.get("/ui/login")
     assert page.status_code == 200
     r = client.post("/ui/login", data={"token": token, "csrf": _csrf(page.text),
@@ -175,6 +176,18 @@ def test_bad_token_and_login_csrf(ui: Ui) -> None:
     assert r.status_code == 403
     r = ui.client.post("/ui/login", data={"token": ui.toks["operator"], "csrf": "wrong"})
     assert r.status_code == 403
+    assert ui.client.get("/ui/").status_code == 303
+
+
+def test_failed_sign_ins_are_rate_limited(ui: Ui) -> None:
+    limit = ui.client.app.state.iotrust.auth_limits.limit  # type: ignore[attr-defined]
+    for _ in range(limit):
+        page = ui.client.get("/ui/login")
+        r = ui.client.post("/ui/login", data={"token": "iot_wrong", "csrf": _csrf(page.text)})
+        assert r.status_code == 401
+    page = ui.client.get("/ui/login")
+    r = ui.client.post("/ui/login", data={"token": ui.toks["operator"], "csrf": _csrf(page.text)})
+    assert r.status_code == 429
     assert ui.client.get("/ui/").status_code == 303
 
 
@@ -455,12 +468,38 @@ def test_event_feed(ui: Ui) -> None:
     assert ui.client.get("/ui/static/../app.py").status_code == 404
 
 
-def test_optional_pages_follow_installed_services(ui: Ui) -> None:
+def test_audit_page_shows_runs_and_suppressions(ui: Ui) -> None:
+    from iotrust.core.audit_checks import ALL_CHECKS  # noqa: PLC0415
+    from iotrust.services import audit  # noqa: PLC0415
+    from iotrust.services.settings import Settings  # noqa: PLC0415
+
+    settings = Settings(data_dir=ui.data_dir, database_url=str(ui.db.url))
+    report = audit.run_audit(ui.db, settings, ui.clock, actor="t@iotrust")
+    audit.suppress(ui.db, ui.clock, ALL_CHECKS[0].id, ui.ids[1], reason=HOSTILE,
+                   actor="t@iotrust")
     login(ui.client, ui.toks["auditor"])
-    page = ui.client.get("/ui/").text
-    has_audit = (Path(__file__).parents[2] / "src/iotrust/services/audit.py").exists()
-    assert ('href="/ui/audit"' in page) is has_audit
-    assert (ui.client.get("/ui/audit").status_code == 200) is has_audit
+    assert 'href="/ui/audit"' in ui.client.get("/ui/").text
+    page = ui.client.get("/ui/audit")
+    assert page.status_code == 200
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
+    assert f" {len(report.findings)} " in text
+    assert ALL_CHECKS[0].id in text
+    assert ui.ids[1] in text
+    assert "<script>alert" not in page.text
+    assert "&lt;script&gt;" in page.text
+
+
+def test_rollouts_page_and_abort_guard(ui: Ui) -> None:
+    csrf = login(ui.client, ui.toks["auditor"])
+    page = ui.client.get("/ui/rollouts")
+    assert page.status_code == 200
+    assert "No rollout yet" in page.text
+    assert ui.client.get("/ui/rollouts/ro-nope/abort").status_code == 403
+    assert ui.client.post("/ui/rollouts/ro-nope/abort", data={"csrf": csrf}).status_code == 403
+    csrf = login(ui.client, ui.toks["operator"])
+    assert ui.client.post("/ui/rollouts/ro-nope/abort", data={}).status_code == 403
+    assert ui.client.post("/ui/rollouts/ro-nope/abort", data={"csrf": csrf}).status_code == 404
+    assert ui.client.get("/ui/rollouts/ro-nope/abort").status_code == 404
 
 
 # -- a real server -----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The fleet dashboard at ``/ui/``: server-rendered pages behind the operator tokens and roles.
 
 An operator signs in with an API token (``iotrust token create``); the dashboard checks it with
-:func:`iotrust.services.tokens.authenticate` and sets a session cookie that holds the token's name,
+:func:`iotrust.services.tokens.authenticate_request` (failed sign-ins count against the same
+per-address limit as the API's) and sets a session cookie that holds the token's name,
 an expiry and an HMAC (:mod:`iotrust.api.dashboard_session`), never the token. Every request
 re-reads the token row, so revoking the token ends its sessions. Cookies are HttpOnly,
 SameSite=Strict, and ``Secure`` with the ``__Host-`` prefix when the request came over https (or
@@ -57,6 +58,7 @@ FEED_LIMIT: Final = 200
 #: A refusals-only view looks this far back in the log at most (bounded work on a huge log).
 REFUSAL_WINDOW: Final = 50_000
 EXPIRY_WARNING: Final = timedelta(days=7)
+AUDIT_RUNS_SHOWN: Final = 30
 DATA_SHOWN: Final = 300
 SECURE_ENV: Final = "IOTRUST_UI_SECURE_COOKIES"
 ACTIONS: Final = ("quarantine", "release", "retire")
@@ -322,10 +324,15 @@ def _router(ui: _Dashboard) -> APIRouter:  # noqa: C901, PLR0915 - one closure p
         if not ui.keys.check_login_csrf(request.cookies.get(login_name), csrf, now=ui.now()):
             raise UiRefusal(403, "the login form expired or did not come from this site; "
                                  "reload the login page")
+        source = request.client.host if request.client else "unknown"
         try:
-            record = tokens.authenticate(state.db, token.strip())
+            record = tokens.authenticate_request(state.db, state.clock, token.strip(),
+                                                 source=source, limits=state.auth_limits)
             tokens.authorize(record, "read")
-        except AuthError:
+        except AuthError as exc:
+            if exc.reason == "rate_limited":
+                raise UiRefusal(429, "too many failed sign-ins from this address; "
+                                     "try again later") from None
             return _login_page(request, next_=_safe_next(next_), status=401,
                                error="That token was not accepted.")
         response = ui.redirect(_safe_next(next_))
@@ -498,7 +505,7 @@ def _router(ui: _Dashboard) -> APIRouter:  # noqa: C901, PLR0915 - one closure p
                        refusals=refusals, window=REFUSAL_WINDOW)
 
     @r.get("/events/feed")
-    def events_feed(request: Request, after: Annotated[int, Query(ge=0)] = 0,
+    def events_feed(request: Request, after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
                     refusals: Annotated[bool, Query()] = False) -> Response:
         if ui.operator(request) is None:
             return JSONResponse({"error": "sign in"}, status_code=401, headers=_HEADERS)
@@ -514,14 +521,33 @@ def _router(ui: _Dashboard) -> APIRouter:  # noqa: C901, PLR0915 - one closure p
     # -- optional pages ----------------------------------------------------------------------
 
     if ui.has_audit:
-        @r.get("/audit")
-        def audit_page(who: Viewer) -> Response:
-            return ui.page("audit.html", who)
+        _audit_routes(r, ui)
 
     if ui.has_rollouts:
         _rollout_routes(r, ui)
 
     return r
+
+
+def _audit_routes(r: APIRouter, ui: _Dashboard) -> None:
+    """The audit page (only when the audit service is installed): past runs and suppressions.
+
+    Findings themselves come from running the audit (``iotrust audit``, on a schedule); the page
+    shows what the recorded runs found and what operators accepted, and does not run checks.
+    """
+    from iotrust.services import audit  # noqa: PLC0415 - optional service
+
+    state = ui.state
+
+    @r.get("/audit")
+    def audit_page(who: Viewer) -> Response:
+        try:
+            runs = list(reversed(audit.audit_history(state.db, limit=AUDIT_RUNS_SHOWN)))
+            suppressions = audit.list_suppressions(state.db)
+        except IotrustError as exc:
+            raise UiRefusal.of(exc) from None
+        return ui.page("audit.html", who, runs=runs, suppressions=suppressions,
+                       now=state.clock.now())
 
 
 def _rollout_routes(r: APIRouter, ui: _Dashboard) -> None:

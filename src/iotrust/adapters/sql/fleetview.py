@@ -33,6 +33,7 @@ MAX_PAGE: Final = 500
 MAX_QUERY: Final = 64
 #: ``LIKE`` patterns of event kinds that record a refusal (the dashboard highlights them).
 REFUSAL_KINDS: Final = ("%refused%", "zombie.%")
+_TOP: Final = "\U0010ffff"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class FleetViewTx:
 
     def __init__(self, tx: Tx) -> None:
         self._tx = tx
+        self._sqlite = tx._conn.dialect.name == "sqlite"  # noqa: SLF001 - same adapter
 
     def _exec(self, stmt: Any, params: Any = None) -> Any:  # noqa: ANN401 - SQLAlchemy objects
         return self._tx._exec(stmt, params)  # noqa: SLF001 - same adapter, shared error seam
@@ -100,10 +102,15 @@ class FleetViewTx:
         if where.model is not None:
             stmt = stmt.where(t.c.model == where.model)
         if where.query:
-            if where.query.startswith("dev-"):
-                stmt = stmt.where(t.c.id.startswith(where.query, autoescape=True))
-            else:
-                stmt = stmt.where(t.c.serial.startswith(where.query, autoescape=True))
+            column = t.c.id if where.query.startswith("dev-") else t.c.serial
+            stmt = stmt.where(column.startswith(where.query, autoescape=True))
+            if self._sqlite:
+                # The same prefix as a range the indexes can serve (SQLite compares text with
+                # memcmp, so every string with the prefix is in [q, q + U+10FFFF)); the serial
+                # index is (manufacturer, serial), hence the manufacturer list in front of it.
+                stmt = stmt.where(column >= where.query, column < where.query + _TOP)
+                if column is t.c.serial and where.manufacturer is None:
+                    stmt = stmt.where(t.c.manufacturer.in_(select(s.manufacturers.c.name)))
         if after_id is not None:
             stmt = stmt.where(t.c.id > after_id)
         return [_device(r) for r in self._exec(stmt)]

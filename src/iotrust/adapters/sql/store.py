@@ -1863,7 +1863,7 @@ class Tx:
         t = s.rotation_requests
         row = self._exec(select(t.c.requested_at).where(
             t.c.device_id == device_id, t.c.completed_at.is_(None))).first()
-        return None if row is None else row[0]  # type: ignore[no-any-return]
+        return None if row is None else row[0]
 
     def complete_rotation_request(self, device_id: str, at: datetime) -> bool:
         """Mark the device's open renewal request done."""
@@ -1909,11 +1909,12 @@ class Tx:
         """Zombie contacts, most recently seen first."""
         _check_limit(limit)
         t = s.zombies
+        # column order of the table: identity, where, device_id, count (r.count is tuple.count)
         stmt = select(t).order_by(t.c.last_seen_at.desc(), t.c.identity).limit(limit)
         if device_id is not None:
             stmt = stmt.where(t.c.device_id == device_id)
         return [ZombieRecord(identity=r.identity, where=r.where, device_id=r.device_id,
-                             count=int(r.count), first_seen_at=r.first_seen_at,
+                             count=int(r[3]), first_seen_at=r.first_seen_at,
                              last_seen_at=r.last_seen_at, last_source=r.last_source,
                              last_reason=r.last_reason) for r in self._exec(stmt)]
 
@@ -1946,7 +1947,7 @@ class Tx:
                        ((t.c.last_seen_at.is_not(None)) & (t.c.last_seen_at < before))
                        | ((t.c.last_seen_at.is_(None)) & (t.c.updated_at < before)))
                 .order_by(t.c.id).limit(limit))
-        return [(_device(r[:-1]), r[-1]) for r in self._exec(stmt)]
+        return [(_device(r[:-1]), r[-1]) for r in self._exec(stmt)]  # type: ignore[arg-type]
 
 
 def _rotation_row(r: RotationSession) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from iotrust.adapters.files import write_atomic
+from iotrust.cli import backup as backup_cli
 from iotrust.cli import broker as broker_cli
 from iotrust.cli import factory as factory_cli
 from iotrust.cli import hw as hw_cli
@@ -64,6 +65,7 @@ for sub, name in ((manufacturer_app, "manufacturer"), (voucher_app, "voucher"),
 
 CLOCK = SystemClock()
 lifecycle_cli.install(app, devices_app)
+backup_cli.install(app)
 
 
 @app.callback()

@@ -32,6 +32,7 @@ from iotrust.adapters.mqtt.mosquitto import (
     BrokerLayout,
     BrokerSettings,
     MosquittoBroker,
+    split_crls,
     verify_crl_bundle,
 )
 from iotrust.adapters.sql.store import Database
@@ -40,7 +41,7 @@ from iotrust.core.lifecycle import Device, RetirementReason
 from iotrust.core.policy import DEFAULT_POLICY, Policy, effective_policy, render
 from iotrust.errors import BackendError, IotrustError
 from iotrust.ports import BrokerControl, Clock, TopicAccess
-from iotrust.services import credentials, devices
+from iotrust.services import credentials, devices, faults
 from iotrust.services import policies as policy_svc
 from iotrust.services.credentials import Issuer
 from iotrust.services.domain import Secrets, active_issuing_ca
@@ -148,6 +149,7 @@ def _effects(result: Containment, watch: _Stopwatch,
     for name, step in steps:
         if result.broker == "not_running" and name == "kick":
             continue
+        faults.checkpoint("broker.before_" + name)
         try:
             step()
         except BackendError as exc:
@@ -195,6 +197,7 @@ def retire(db: Database, settings: Settings, secrets: Secrets, clock: Clock, dev
     watch = _Stopwatch(timings)
     result = Containment(device=devices.retire(db, clock, device_id, reason, actor=actor),
                          timings_ms=timings)
+    faults.checkpoint("broker.retire.committed")
     watch.lap("transition")
     if broker is None:
         credentials.publish_crls(db, settings, secrets, clock, actor=actor)
@@ -206,6 +209,7 @@ def retire(db: Database, settings: Settings, secrets: Secrets, clock: Clock, dev
         with broker.exclusive():  # a concurrent retirement cannot install an older CRL
             credentials.publish_crls(db, settings, secrets, clock, actor=actor)
             watch.lap("crl_publish")
+            faults.checkpoint("broker.retire.crl_published")
             broker.install_crl((settings.crl_dir / "all.crl.pem").read_bytes())
 
     _effects(result, watch, [
@@ -226,10 +230,34 @@ def _crl_ok(pem: bytes | None, ca_pem: bytes, clock: Clock, threshold: timedelta
     return True
 
 
+def _lists_every_revocation(db: Database, pem: bytes | None) -> bool:
+    """Whether ``pem`` lists every credential the registry says is revoked (live issuing CAs).
+
+    A process that died between a revocation's commit and the CRL publication (or between the
+    per-CA files and the bundle) leaves a CRL that verifies and is fresh but misses serials.
+    """
+    with db.transaction(readonly=True) as tx:
+        revoked = {int(serial, 16) for ca in tx.list_cas(role="issuing") if ca.state != "retired"
+                   for serial, _, _ in tx.revoked_serials(ca.id)}
+    if not revoked:
+        return True
+    if not pem:
+        return False
+    try:
+        listed = {entry.serial_number for crl in split_crls(pem) for entry in crl}
+    except IotrustError:
+        return False
+    return revoked <= listed
+
+
 def refresh_crl_if_due(db: Database, settings: Settings, secrets: Secrets, clock: Clock,
                        broker: MosquittoBroker, *,
                        threshold: timedelta = CRL_REFRESH_THRESHOLD) -> bool:
     """Re-sign the CRLs if the published or installed ones expire within ``threshold``.
+
+    Also re-signs when the published bundle misses a serial the registry says is revoked (the
+    registry is the source of truth: a crash after a revocation's commit must not leave it
+    unpublished past the next ``iotrust broker config``).
 
     Installs the published CRL in the broker when it differs from the installed one (and reloads
     a running broker). Returns whether a new CRL was signed.
@@ -242,6 +270,8 @@ def refresh_crl_if_due(db: Database, settings: Settings, secrets: Secrets, clock
                and _crl_ok(installed, ca_pem, clock, threshold))
     if due and _crl_ok(published, ca_pem, clock, threshold):
         due = False  # only the installed copy is stale: install, no need to re-sign
+    if not due and not _lists_every_revocation(db, published):
+        due = True  # a revocation committed but never published (the process died between)
     if due:
         credentials.publish_crls(db, settings, secrets, clock, actor=BROKER_SERVICE_NAME)
         published = published_path.read_bytes()

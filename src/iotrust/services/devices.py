@@ -17,7 +17,7 @@ from iotrust.core.lifecycle import CredentialState, Device, DeviceState, Retirem
 from iotrust.core.records import Credential, EventRow
 from iotrust.errors import InputError
 from iotrust.ports import Clock
-from iotrust.services import eventlog
+from iotrust.services import eventlog, faults
 from iotrust.services.credentials import revoke_credential
 
 _LIVE = (CredentialState.ISSUED, CredentialState.ACTIVE, CredentialState.SUPERSEDED)
@@ -72,6 +72,7 @@ def _transition(db: Database, clock: Clock, device_id: str, *, kind: str, actor:
                                       actor=actor)
         eventlog.record(tx, clock, kind, actor=actor, device_id=device_id, reason=reason,
                         data={"from": device.state.value, "to": moved.state.value})
+        faults.checkpoint("devices.transition.before_commit")
         return moved
 
 

@@ -37,7 +37,7 @@ from iotrust.core import updates as u
 from iotrust.core.lifecycle import CredentialState, DeviceState
 from iotrust.errors import ConflictError, InputError, IotrustError, NotFoundError, TrustError
 from iotrust.ports import Clock
-from iotrust.services import eventlog, updates
+from iotrust.services import eventlog, faults, updates
 from iotrust.services.domain import Secrets
 from iotrust.services.settings import Settings
 
@@ -436,5 +436,6 @@ def report_status(db: Database, settings: Settings, secrets: Secrets, clock: Clo
         eventlog.record_refusal(db, clock, UPDATE_REPORT_REFUSED, actor=ACTOR_DEVICE,
                                 reason=exc.reason, data={"counter": env.counter})
         raise
+    faults.checkpoint("rollouts.report.committed")
     sync_devices(db, settings, secrets, clock, touched)
     return {"accepted": True, "counter": env.counter}

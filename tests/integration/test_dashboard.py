@@ -513,7 +513,7 @@ def test_real_server_smoke(tmp_path: Path) -> None:
     env.update({"IOTRUST_DATA": str(data),
                 "IOTRUST_DATABASE_URL": f"sqlite:///{data / 'iotrust.db'}",
                 "IOTRUST_PASSPHRASE_FILE": str(passphrase_file)})
-    with running_server(env, workers=2) as server, \
+    with running_server(env, workers=1, timeout_s=120) as server, \
             httpx.Client(base_url=server.url, follow_redirects=False, timeout=10) as client:
         assert client.get("/ui/").status_code == 303
         page = client.get("/ui/login")

@@ -7,7 +7,11 @@ in a worker thread, and write the reply's canonical JSON. Refusals propagate as 
 the app's one exception handler (403 / 422 / 429 with ``{"error", "reason", "detail"}``).
 
 The app also runs :func:`~iotrust.services.onboarding.expire_unconfirmed` periodically in every
-worker (the conditional updates make concurrent sweeps safe). No session state lives here.
+worker (the conditional updates make concurrent sweeps safe), and, when a broker is configured
+for the data folder, re-applies the broker's rules shortly after devices confirm (a confirmed
+device leaves the deny-all block of EXPECTED devices). Resyncs are coalesced: at most one per
+:data:`BROKER_RESYNC_S` however many devices confirm, since each is a broker reload. No session
+state lives here.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from iotrust.core.onboarding.messages import AttestRequest, ConfirmRequest, HelloRequest
 from iotrust.errors import IotrustError
+from iotrust.services import broker as broker_svc
 from iotrust.services.onboarding import OnboardingService
 
 if TYPE_CHECKING:
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["SWEEP_INTERVAL_S", "install"]
 
 SWEEP_INTERVAL_S: Final = 30.0
+BROKER_RESYNC_S: Final = 0.5
 _JSON: Final = "application/json"
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -61,8 +67,9 @@ async def _in_thread(fn: Callable[[], _T]) -> _T:
     return await anyio.to_thread.run_sync(fn)
 
 
-def router(service: OnboardingService) -> APIRouter:
-    """The three onboarding routes over ``service``."""
+def router(service: OnboardingService, resync: asyncio.Event | None = None) -> APIRouter:
+    """The three onboarding routes over ``service``; ``resync`` is set after each confirm."""
+    resync = resync or asyncio.Event()
     r = APIRouter(prefix="/v1/onboarding", tags=["onboarding"])
 
     @r.post("/hello", response_class=Response, responses=_REFUSALS)
@@ -86,9 +93,32 @@ def router(service: OnboardingService) -> APIRouter:
         """Step 3: the new key signs the confirm transcript → the device is ACTIVE."""
         body = await _body(request, ConfirmRequest.MAX_BYTES)
         await _in_thread(functools.partial(service.confirm, body, source=_source(request)))
+        resync.set()
         return Response(status_code=204)
 
     return r
+
+
+async def _resync_broker_forever(state: AppState, pending: asyncio.Event) -> None:
+    """Apply the registry's rules to the broker after confirmations, coalescing bursts."""
+    while True:
+        await pending.wait()
+        await asyncio.sleep(BROKER_RESYNC_S)
+        pending.clear()
+        try:
+            await _in_thread(functools.partial(_resync_broker, state))
+        except IotrustError as exc:  # the next confirmation (or `iotrust broker sync`) retries
+            _log.warning("broker resync after onboarding failed: %s", exc.reason)
+
+
+def _resync_broker(state: AppState) -> None:
+    broker = broker_svc.open_broker(state.settings, state.clock)
+    if broker is None:
+        return
+    try:
+        broker_svc.sync(state.db, broker)
+    finally:
+        broker.close()
 
 
 async def _sweep_forever(service: OnboardingService, interval_s: float) -> None:
@@ -104,19 +134,23 @@ def install(app: FastAPI, state: AppState, *, sweep_interval_s: float = SWEEP_IN
             ) -> OnboardingService:
     """Add the onboarding routes to ``app`` and sweep unconfirmed sessions while it runs."""
     service = OnboardingService(state.db, state.clock, state.settings, state.secrets)
-    app.include_router(router(service))
+    pending = asyncio.Event()
+    app.include_router(router(service, pending))
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:  # noqa: ANN401 - Starlette's app type
-        task = asyncio.create_task(_sweep_forever(service, sweep_interval_s))
+        tasks = [asyncio.create_task(_sweep_forever(service, sweep_interval_s)),
+                 asyncio.create_task(_resync_broker_forever(state, pending))]
         try:
             async with inner(a) as value:
                 yield value
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     app.router.lifespan_context = lifespan
     return service

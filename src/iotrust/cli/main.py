@@ -187,7 +187,11 @@ def _serve(host: str, port: int, workers: int, options: safety.StartupOptions) -
                 workers=workers, log_level=os.environ.get("IOTRUST_LOG_LEVEL", "warning"),
                 ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key,
                 # Never trust X-Forwarded-For by default: per-source rate limits count the peer.
-                proxy_headers=False, http="iotrust.api.transport:NoDelayH11Protocol")
+                proxy_headers=False, http="iotrust.api.transport:NoDelayH11Protocol",
+                # uvicorn kills a worker that has not answered its health ping within 5 s; a
+                # worker still importing on a loaded 2-core machine takes longer, and the
+                # supervisor then restarts it forever.
+                timeout_worker_healthcheck=60)
 
 
 @domain_app.command("show")

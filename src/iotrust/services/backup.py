@@ -69,7 +69,7 @@ FORMAT: Final = "iotrust-backup/1"
 MANIFEST: Final = "manifest.json"
 SQLITE_MEMBER: Final = "registry/iotrust.db"
 PG_MEMBER: Final = "registry/postgresql.dump"
-#: Registry backups of a service restored from an archive.
+#: The registry was restored from an archive (``data``: head, format, tool version).
 REGISTRY_RESTORED: Final = "registry.restored"
 #: A backup archive was written (``data``: archive SHA-256 prefix, head, members).
 BACKUP_CREATED: Final = "backup.created"

@@ -148,7 +148,7 @@ def clean_fleet(base: Path, url: str | None = None, *, count: int = 4) -> AuditF
     return fleet
 
 
-def bad_fleet(base: Path, url: str | None = None) -> AuditFleet:  # noqa: PLR0915 - one scenario
+def bad_fleet(base: Path, url: str | None = None) -> AuditFleet:
     """A fleet tripping every check; the audit runs 40 days after T0."""
     clock = FixedClock(T0)
     settings, db = _base(base, url, clock)

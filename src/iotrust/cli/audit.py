@@ -27,7 +27,6 @@ from iotrust.cli.common import STATE, emit, emit_object, err, errors, out
 from iotrust.core.audit_checks import ALL_CHECKS
 from iotrust.ports import SystemClock
 from iotrust.services import audit as svc
-from iotrust.services import audit_report
 from iotrust.services import broker as broker_svc
 
 app = typer.Typer(help="Fleet posture audit: findings, suppressions, mitigations.",
@@ -85,6 +84,8 @@ def audit_cmd(
             report = svc.run_audit(db, settings, CLOCK, actor=STATE.actor(), checks=check,
                                    record=not no_record)
             if html_out is not None:
+                from iotrust.services import audit_report  # noqa: PLC0415 - matplotlib: only here
+
                 page = audit_report.build_html(db, settings, CLOCK, report)
                 write_atomic(html_out, page.encode("utf-8"), mode=0o644)
         finally:

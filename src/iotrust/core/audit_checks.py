@@ -153,7 +153,7 @@ class WeakDeviceKey:
                               f"{collected.count} live credential(s) with {code.replace('_', ' ')}",
                               tuple(collected.sample),
                               collected.evidence(problem=code, algorithms=sorted(algorithms),
-                                                 checked=checked,
+                                                 parsed=checked,
                                                  debian_cve_2008_0166=DEBIAN_WEAK_KEYS_NOTE),
                               "rotate these devices to new ECDSA P-256 keys (iotrust rotate); "
                               "for ROCA, retire as compromised")

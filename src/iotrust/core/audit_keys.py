@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 __all__ = [
     "DEBIAN_WEAK_KEYS_NOTE",
+    "P256_SPKI_BASE64",
     "KeyProblem",
     "KeyReport",
     "certificate_key_report",
@@ -57,6 +58,25 @@ DEBIAN_WEAK_KEYS_NOTE: Final = (
 #: id-ecPublicKey and prime256v1, BIT STRING of 66 bytes holding an uncompressed point).
 _P256_SPKI_PREFIX: Final = bytes.fromhex(
     "3059301306072a8648ce3d020106082a8648ce3d030107034200")
+
+
+def _aligned_base64(prefix: bytes) -> tuple[str, ...]:
+    """The base64 text ``prefix`` shows inside any base64 stream, one per alignment mod 3.
+
+    Only characters encoding whole 3-byte groups of ``prefix`` are kept, so each pattern is
+    independent of the bytes around it.
+    """
+    out = []
+    for skew in range(3):
+        encoded = base64.b64encode(b"\0" * skew + prefix).decode("ascii")
+        first, groups = (1 if skew else 0), (skew + len(prefix)) // 3
+        out.append(encoded[4 * first:4 * groups])
+    return tuple(out)
+
+
+#: What the P-256 SPKI prefix looks like in a PEM body (unless a line break splits it): a store
+#: may skip certificates containing one of these, a fast pre-filter for :func:`is_p256_certificate`.
+P256_SPKI_BASE64: Final = _aligned_base64(_P256_SPKI_PREFIX)
 _PEM_BEGIN: Final = "-----BEGIN CERTIFICATE-----"
 _PEM_END: Final = "-----END CERTIFICATE-----"
 _ROCA_GENERATOR: Final = 65537

@@ -140,7 +140,11 @@ def _meets(shared: Rule, other: Rule) -> bool:
 
 
 class _Victims:
-    """Connected sets grouped by effective policy: the devices a rule could reach."""
+    """Connected sets grouped by effective policy: the devices a rule could reach.
+
+    Only a victim's own (non-shared) rules describe its data and channels: two shared rules
+    meeting each other reach nobody's device.
+    """
 
     def __init__(self, sets: Sequence[PolicySet], stored: Mapping[str, Policy]) -> None:
         by_policy: dict[tuple[tuple[str, ...], str], int] = {}
@@ -159,7 +163,7 @@ class _Victims:
     def reached(self, rule: Rule) -> int:
         total = 0
         for key, policy in self.policy.items():
-            if any(_meets(rule, r) for r in policy.rules):
+            if any(_meets(rule, r) for r in policy.rules if not r.shared):
                 total += self.devices[key]
         return total
 

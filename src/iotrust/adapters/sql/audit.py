@@ -41,14 +41,17 @@ from iotrust.core.audit import (
     SubjectConflict,
     ZombieRow,
 )
+from iotrust.core.audit_keys import P256_SPKI_BASE64
 from iotrust.core.audit_reach import PolicySet
 from iotrust.errors import ConflictError, NotFoundError
 
 __all__ = ["AuditTx", "ModelFacts", "SuppressionRow"]
 
 STREAM_BATCH: Final = 5000
-#: Event kinds of refusals that mean "this identity is in use somewhere else right now".
+#: The refusal reason meaning "this identity is in use somewhere else right now", and the event
+#: kinds that carry it (looked up through the ``(kind, seq)`` index, not a scan of the log).
 CLONE_REASON: Final = "clone_suspected"
+REFUSAL_KINDS: Final = ("onboarding.refused", "rotation.refused", "voucher.refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,15 @@ class ModelFacts:
     manufacturer: str
     hardware_profile: str | None
     devices: int
+
+
+def _no_index(column: Any) -> Any:  # noqa: ANN401 - SQL expressions
+    """``column || ''``: keeps SQLite from using an index for a whole-fleet scan.
+
+    Reading most of the devices through the (state, id) index costs two b-tree lookups per
+    row; one table scan is several times faster.
+    """
+    return column.concat("")
 
 
 def _streamed(stmt: Select[Any]) -> Select[Any]:
@@ -163,56 +175,74 @@ class AuditTx:
     # -- policy sets -----------------------------------------------------------------------------
 
     def policy_sets(self, sample: int) -> list[PolicySet]:
-        """Devices grouped by (stored policies, state, key storage, model), first ids kept."""
+        """Devices grouped by (stored policies, state, key storage, model).
+
+        One ``GROUP BY`` over the devices (a table scan) counts every (state, key storage,
+        model); the members of groups holding a policy (few, streamed in id order) are then
+        moved from their model's set to the set of their combined policies. ``sample`` ids are
+        kept per set for group sets; model sets keep their lowest and highest id.
+        """
         d, dm, g, m = s.devices, s.device_models, s.device_groups, s.device_group_members
-        in_policy_group = exists().where(
-            m.c.device_id == d.c.id, g.c.name == m.c.group_name, g.c.policy.is_not(None))
-        part = (d.c.state, d.c.key_storage, d.c.model)
-        inner = (select(d.c.state, d.c.key_storage, d.c.model, dm.c.policy, d.c.id,
-                        func.row_number().over(partition_by=part, order_by=d.c.id).label("rn"),
-                        func.count().over(partition_by=part).label("n"))
-                 .select_from(d.outerjoin(dm, dm.c.name == d.c.model))
-                 .where(~in_policy_group).subquery())
-        stmt = select(inner.c.state, inner.c.key_storage, inner.c.model, inner.c.policy,
-                      inner.c.id, inner.c.n).where(inner.c.rn <= sample)
         sets: dict[tuple[tuple[str, ...], str, str, str | None], list[Any]] = {}
-        for state, storage, model, policy, device_id, n in self._exec(stmt):
+        model_policy = {r[0]: r[1] for r in self._exec(select(dm.c.name, dm.c.policy))}
+        state_ = _no_index(d.c.state)
+        for state, storage, model, n, low, high in self._exec(
+                select(state_, d.c.key_storage, d.c.model, func.count(), func.min(d.c.id),
+                       func.max(d.c.id))
+                .group_by(state_, d.c.key_storage, d.c.model)):
+            policy = model_policy.get(model) if model is not None else None
             key = ((policy,) if policy else (), state, storage, model)
-            entry = sets.setdefault(key, [int(n), []])
-            entry[1].append(device_id)
+            entry = sets.setdefault(key, [0, []])
+            entry[0] += int(n)
+            entry[1].extend(x for x in dict.fromkeys((low, high)) if x not in entry[1])
         members = _streamed(
-            select(d.c.id, d.c.state, d.c.key_storage, d.c.model, dm.c.policy, g.c.policy)
-            .select_from(m.join(g, g.c.name == m.c.group_name).join(d, d.c.id == m.c.device_id)
-                         .outerjoin(dm, dm.c.name == d.c.model))
+            select(d.c.id, d.c.state, d.c.key_storage, d.c.model, g.c.policy)
+            .select_from(m.join(g, g.c.name == m.c.group_name).join(d, d.c.id == m.c.device_id))
             .where(g.c.policy.is_not(None)).order_by(d.c.id))
         current: str | None = None
         names: set[str] = set()
         facts: tuple[str, str, str | None] = ("", "", None)
 
-        def flush() -> None:
+        def move() -> None:
             if current is None:
                 return
-            key = (tuple(sorted(names)), *facts)
-            entry = sets.setdefault(key, [0, []])
+            state, storage, model = facts
+            policy = model_policy.get(model) if model is not None else None
+            old = sets[((policy,) if policy else (), state, storage, model)]
+            old[0] -= 1
+            if current in old[1]:
+                old[1].remove(current)
+            if policy:
+                names.add(policy)
+            entry = sets.setdefault((tuple(sorted(names)), *facts), [0, []])
             entry[0] += 1
             if len(entry[1]) < sample:
                 entry[1].append(current)
 
-        for device_id, state, storage, model, model_policy, group_policy in self._exec(members):
+        for device_id, state, storage, model, group_policy in self._exec(members):
             if device_id != current:
-                flush()
+                move()
                 current, names, facts = device_id, set(), (state, storage, model)
             names.add(group_policy)
-            if model_policy:
-                names.add(model_policy)
-        flush()
+        move()
         return [PolicySet(policies=k[0], state=k[1], key_storage=k[2], model=k[3],
-                          devices=v[0], sample=tuple(v[1])) for k, v in sets.items()]
+                          devices=v[0], sample=tuple(v[1])) for k, v in sets.items() if v[0] > 0]
 
     # -- keys and credentials --------------------------------------------------------------------
 
     def key_reuse(self) -> list[KeyReuse]:
-        """Keys recorded in places that disagree: joins on the unique key indexes."""
+        """Keys recorded in places that disagree.
+
+        * an operational key that is also a factory key (a semi-join of the two unique key
+          indexes: index-only on SQLite, a hash join on PostgreSQL);
+        * a CSR key (seen-keys kind ``csr``) that is a factory or operational key of another
+          device.
+
+        Two credentials (or two devices) with one key cannot exist: both key columns are
+        unique, and a registry without those indexes is refused at open (schema revision).
+        Seen-keys rows of kind factory/credential are written in the same transaction as the
+        device or credential row they mirror, so they are not compared again here.
+        """
         c, d, k = s.credentials, s.devices, s.seen_keys
         groups: dict[str, dict[KeyUse, None]] = {}
 
@@ -221,34 +251,28 @@ class AuditTx:
             for use in uses:
                 entry.setdefault(use, None)
 
-        # an operational key that is some device's factory key
-        for spki, dev, cred_dev, serial in self._exec(
-                select(c.c.spki_sha256, d.c.id, c.c.device_id, c.c.serial_number)
-                .select_from(c.join(d, d.c.factory_spki_sha256 == c.c.spki_sha256))):
-            add(spki, KeyUse("factory", dev, None), KeyUse("credential", cred_dev, serial))
-        # a credential key the seen-keys table records for another device or role
-        for spki, kind, seen_dev, cred_dev, serial in self._exec(
-                select(k.c.spki_sha256, k.c.kind, k.c.device_id, c.c.device_id,
-                       c.c.serial_number)
-                .select_from(c.join(k, k.c.spki_sha256 == c.c.spki_sha256))
-                .where(or_(k.c.kind != "credential",
-                           k.c.device_id.is_distinct_from(c.c.device_id)))):
-            add(spki, KeyUse(f"seen:{kind}", seen_dev, None),
-                KeyUse("credential", cred_dev, serial))
-        # a factory key the seen-keys table records for another device or role
-        for spki, kind, seen_dev, dev in self._exec(
-                select(k.c.spki_sha256, k.c.kind, k.c.device_id, d.c.id)
-                .select_from(d.join(k, k.c.spki_sha256 == d.c.factory_spki_sha256))
-                .where(or_(k.c.kind != "factory", k.c.device_id.is_distinct_from(d.c.id)))):
-            add(spki, KeyUse(f"seen:{kind}", seen_dev, None), KeyUse("factory", dev, None))
-        # one credential key in several credential rows (impossible under the unique index,
-        # checked anyway: restored or imported registries may lack it)
-        dup = (select(c.c.spki_sha256).group_by(c.c.spki_sha256)
-               .having(func.count() > 1).subquery())
-        for spki, dev, serial in self._exec(
-                select(c.c.spki_sha256, c.c.device_id, c.c.serial_number)
-                .where(c.c.spki_sha256.in_(select(dup.c.spki_sha256)))):
-            add(spki, KeyUse("credential", dev, serial))
+        keys = [r[0] for r in self._exec(select(c.c.spki_sha256).where(
+            exists().where(d.c.factory_spki_sha256 == c.c.spki_sha256)))]
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            for spki, dev in self._exec(select(d.c.factory_spki_sha256, d.c.id)
+                                        .where(d.c.factory_spki_sha256.in_(chunk))):
+                add(spki, KeyUse("factory", dev, None))
+            for spki, dev, serial in self._exec(
+                    select(c.c.spki_sha256, c.c.device_id, c.c.serial_number)
+                    .where(c.c.spki_sha256.in_(chunk))):
+                add(spki, KeyUse("credential", dev, serial))
+        csr = k.c.kind == "csr"
+        for spki, seen_dev, dev in self._exec(
+                select(k.c.spki_sha256, k.c.device_id, d.c.id)
+                .select_from(k.join(d, d.c.factory_spki_sha256 == k.c.spki_sha256))
+                .where(csr, d.c.id.is_distinct_from(k.c.device_id))):
+            add(spki, KeyUse("seen:csr", seen_dev, None), KeyUse("factory", dev, None))
+        for spki, seen_dev, dev, serial in self._exec(
+                select(k.c.spki_sha256, k.c.device_id, c.c.device_id, c.c.serial_number)
+                .select_from(k.join(c, c.c.spki_sha256 == k.c.spki_sha256))
+                .where(csr, c.c.device_id.is_distinct_from(k.c.device_id))):
+            add(spki, KeyUse("seen:csr", seen_dev, None), KeyUse("credential", dev, serial))
         return [KeyReuse(spki, tuple(uses)) for spki, uses in sorted(groups.items())]
 
     def shared_uses(self, window: timedelta) -> list[SharedUse]:
@@ -276,7 +300,8 @@ class AuditTx:
                                      close[-1][1].created_at))
         for device_id, n, first, last in self._exec(
                 select(e.c.device_id, func.count(), func.min(e.c.at), func.max(e.c.at))
-                .where(e.c.reason == CLONE_REASON, e.c.device_id.is_not(None))
+                .where(e.c.kind.in_(REFUSAL_KINDS), e.c.reason == CLONE_REASON,
+                       e.c.device_id.is_not(None))
                 .group_by(e.c.device_id)):
             out.append(SharedUse("clone_suspected", device_id, None, (), int(n), first, last))
         return out
@@ -298,12 +323,30 @@ class AuditTx:
         return self._credentials(s.credentials.c.not_before < issued_before)
 
     def live_certificates(self) -> Iterator[CertificateRow]:
-        """Certificates of live credentials (streamed)."""
+        """Certificates of live credentials, except those certainly holding a P-256 key.
+
+        The database skips every PEM containing the base64 form of the P-256 SPKI prefix
+        (:data:`~iotrust.core.audit_keys.P256_SPKI_BASE64`, ``instr``/``strpos``), so only the
+        rest crosses into Python (where a line break inside the prefix is caught by the parse).
+        """
         c = s.credentials
         stmt = _streamed(select(c.c.serial_number, c.c.device_id, c.c.certificate_pem)
-                         .where(c.c.state.in_(LIVE_CREDENTIAL_STATES)))
+                         .where(c.c.state.in_(LIVE_CREDENTIAL_STATES),
+                                *(self._position(c.c.certificate_pem, p) == 0
+                                  for p in P256_SPKI_BASE64)))
         for row in self._exec(stmt):
             yield CertificateRow(*row)
+
+    def count_live_credentials(self) -> int:
+        """How many live credentials there are."""
+        c = s.credentials
+        return int(self._exec(select(func.count()).select_from(c)
+                              .where(c.c.state.in_(LIVE_CREDENTIAL_STATES))).scalar_one())
+
+    def _position(self, column: Any, needle: str) -> Any:  # noqa: ANN401 - SQL expressions
+        if self._tx._conn.dialect.name == "postgresql":  # noqa: SLF001 - same adapter
+            return func.strpos(column, needle)
+        return func.instr(column, needle)
 
     def revoked_unexpired(self, now: datetime) -> Iterator[RevokedRow]:
         """Revoked credentials that have not expired (streamed)."""
@@ -315,22 +358,29 @@ class AuditTx:
             yield RevokedRow(*row)
 
     def subject_conflicts(self) -> list[SubjectConflict]:
-        """Live subjects held by several devices, or not named after their device."""
+        """Live credentials whose subject is not their device's id, with every holder.
+
+        Also service credentials with a device-like subject. Two holders of one subject need
+        one of them to be such a credential (a device's own credentials are named after it),
+        so one scan finds them all.
+        """
         c = s.credentials
         live = c.c.state.in_(LIVE_CREDENTIAL_STATES)
-        shared = (select(c.c.subject).where(live).group_by(c.c.subject)
-                  .having(func.count(func.distinct(func.coalesce(c.c.device_id, ""))) > 1))
-        wrong = select(c.c.subject).where(live, c.c.device_id.is_not(None),
-                                          c.c.subject != c.c.device_id)
-        subjects = shared.union(wrong).subquery()
+        wrong = self._exec(select(c.c.subject).where(
+            live, or_(and_(c.c.device_id.is_not(None), c.c.subject != c.c.device_id),
+                      and_(c.c.device_id.is_(None), ~c.c.subject.contains("@"))))).all()
+        subjects = sorted({r[0] for r in wrong})
         groups: dict[str, list[Any]] = {}
-        for subject, device_id, serial in self._exec(
-                select(c.c.subject, c.c.device_id, c.c.serial_number)
-                .where(live, c.c.subject.in_(select(subjects.c.subject)))
-                .order_by(c.c.subject, c.c.serial_number)):
-            groups.setdefault(subject, []).append((device_id, serial))
+        for i in range(0, len(subjects), 500):
+            chunk = subjects[i:i + 500]
+            for subject, device_id, serial in self._exec(
+                    select(c.c.subject, c.c.device_id, c.c.serial_number)
+                    .where(live, or_(c.c.subject.in_(chunk), c.c.device_id.in_(chunk)))
+                    .order_by(c.c.subject, c.c.serial_number)):
+                key = subject if subject in chunk else device_id
+                groups.setdefault(key, []).append((device_id, serial))
         return [SubjectConflict(subject, tuple(d for d, _ in rows), tuple(x for _, x in rows))
-                for subject, rows in groups.items()]
+                for subject, rows in sorted(groups.items())]
 
     # -- devices ---------------------------------------------------------------------------------
 
@@ -338,7 +388,8 @@ class AuditTx:
         """Non-retired devices admitted under unsafe manufacturer trust (streamed)."""
         d = s.devices
         stmt = _streamed(select(d.c.id, d.c.state, d.c.model, d.c.last_seen_at)
-                         .where(d.c.unsafe_admission.is_(True), d.c.state != "retired"))
+                         .where(d.c.unsafe_admission.is_(True),
+                                _no_index(d.c.state) != "retired"))
         for row in self._exec(stmt):
             yield DeviceRow(*row)
 
@@ -347,7 +398,7 @@ class AuditTx:
         d = s.devices
         stmt = _streamed(
             select(d.c.id, d.c.state, d.c.model, d.c.last_seen_at)
-            .where(d.c.state.in_(("active", "quarantined")),
+            .where(_no_index(d.c.state).in_(("active", "quarantined")),
                    or_(and_(d.c.last_seen_at.is_not(None), d.c.last_seen_at < before),
                        and_(d.c.last_seen_at.is_(None), d.c.updated_at < before))))
         for row in self._exec(stmt):

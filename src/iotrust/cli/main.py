@@ -332,9 +332,10 @@ def quarantine_cmd(device_id: str, reason: str = typer.Option("operator")) -> No
         emit_object(result.as_dict())
 
 
-@app.command("release")
+@devices_app.command("release")
+@app.command("unquarantine")
 def release_cmd(device_id: str) -> None:
-    """Release a device from quarantine."""
+    """Release a device from quarantine (`iotrust release` is the firmware release group)."""
     with errors():
         broker = broker_svc.open_broker(STATE.settings, CLOCK)
         try:

@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from tests.integration.fleet import Fleet, FleetDevice, Maker, build_fleet
+from tests.integration.fleet import PASSPHRASE, Fleet, FleetDevice, Maker, build_fleet
 from tests.integration.lifecycle_helpers import RotatingDevice
 from tests.integration.mqtt import Client, Identity, require_mosquitto
 from tests.integration.server import free_port, running_server, start_server
@@ -49,8 +49,9 @@ from iotrust.adapters.keys.file import DeviceFileKey
 from iotrust.adapters.mqtt.acl import build_acl
 from iotrust.adapters.mqtt.mosquitto import BrokerSettings, MosquittoProcess
 from iotrust.adapters.sql.store import Database
+from iotrust.core import envelope, pki
 from iotrust.core import events as ev
-from iotrust.core import pki
+from iotrust.core import rollout as ro
 from iotrust.core import rotation as rot
 from iotrust.core.lifecycle import CredentialState, DeviceState, RetirementReason
 from iotrust.core.onboarding import (
@@ -64,9 +65,11 @@ from iotrust.core.onboarding import (
     build_confirm,
     build_hello,
 )
+from iotrust.core.updates import ReleaseInfo
 from iotrust.ports import SystemClock
 from iotrust.services import broker as broker_svc
-from iotrust.services import eventlog
+from iotrust.services import eventlog, rollouts, updates
+from iotrust.services.domain import KeyBackend
 from iotrust.services.faults import ENV
 from iotrust.services.onboarding import OnboardingService
 
@@ -661,6 +664,75 @@ def test_broker_sigkill_restart_keeps_enforcing(tmp_path: Path) -> None:  # noqa
             for c in clients:
                 c.close()
             proc.stop()
+        check_invariants(w)
+    finally:
+        db.close()
+
+
+# --- rollout advance ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_rollout_advance_survives_sigkill(tmp_path: Path) -> None:
+    """The report that advances a rollout commits, then the process dies before the director
+    rewrite: after the restart the next wave is offered (``iotrust rollout tick``), the report
+    cannot be replayed, and the chain verifies."""
+    require_mosquitto()
+    fleet = build_fleet(tmp_path, makers=(Maker("widgetco", count=6),))
+    updates.init_updates(fleet.settings, KeyBackend("file", passphrase=PASSPHRASE), CLOCK)
+    db = fleet.open_db()
+    w = World(fleet=fleet, db=db, base=tmp_path)
+    try:
+        broker_svc.configure(db, fleet.settings, fleet.secrets, CLOCK,
+                             broker_settings=BrokerSettings(port=free_port()))
+        svc = OnboardingService(db, CLOCK, fleet.settings, fleet.secrets)
+        devs = {d.device_id: d for d in (onboard_in_process(svc, w.fresh(), tmp_path / "devices")
+                                         for _ in range(6))}
+        rollouts.add_release(db, fleet.settings, fleet.secrets, CLOCK, data=b"two " * 1024,
+                             info=ReleaseInfo("main", ("sensor-1",), 2), actor="tests@crash")
+        waves = (50, 100)
+        rid, first = next((r, f) for r, f in (
+            (r, [d for d, (_, wave) in ro.assign(r, devs, waves).items() if wave == 0])
+            for r in (f"ro-crash-{i}" for i in range(100))) if 0 < len(f) < len(devs))
+        later = sorted(set(devs) - set(first))
+        rollouts.create_rollout(db, fleet.settings, fleet.secrets, CLOCK, "main-2",
+                                actor="tests@crash", policy=ro.RolloutPolicy(waves=waves),
+                                device_ids=list(devs), rollout_id=rid)
+        director = updates.open_director(fleet.settings, fleet.secrets)
+        assert all(director.device_targets(d) for d in first)
+        assert not any(director.device_targets(d) for d in later)
+
+        def report(device_id: str) -> bytes:
+            dev = devs[device_id]
+            payload = json.dumps({"release": "main-2", "status": "committed"}).encode()
+            return envelope.seal(payload, signer=dev.signer(), device_id=device_id, counter=1,
+                                 timestamp=int(time.time() * 1000), topic=rollouts.STATUS_TOPIC,
+                                 content_type="application/json",
+                                 kid=envelope.kid_for_serial(dev.serial))
+
+        bodies = {d: report(d) for d in first}
+
+        def drive(http: httpx.Client) -> None:
+            for n, device_id in enumerate(first, 1):
+                resp = post(http, "/v1/updates/status", bodies[device_id])
+                assert n < len(first), f"survived the advance: {resp.text}"
+                assert resp.status_code == 200, resp.text
+
+        # the last wave-0 report advances the rollout: die there (the n-th hit)
+        crash_server(w, f"rollouts.report.committed:{len(first)}", drive)
+        view = rollouts.status(db, rid)
+        assert view.rollout.wave_index == 1  # committed before the crash
+        director = updates.open_director(fleet.settings, fleet.secrets)
+        assert not any(director.device_targets(d) for d in later)  # the crash window
+        check_invariants(w, regenerate=False)
+        with running_server(w.env, log_dir=tmp_path) as server, \
+                httpx.Client(base_url=server.url, timeout=30.0) as http:
+            resp = post(http, "/v1/updates/status", bodies[first[-1]])
+            assert resp.status_code == 403, resp.text
+            assert resp.json()["reason"] == "replayed"
+        done = cli(w, "rollout", "tick")
+        assert done.returncode == 0, done.stdout + done.stderr
+        director = updates.open_director(fleet.settings, fleet.secrets)
+        assert all(director.device_targets(d) for d in later), "the next wave was never offered"
         check_invariants(w)
     finally:
         db.close()

@@ -288,14 +288,37 @@ def act(db: Database, settings: Settings, secrets: Secrets, clock: Clock,  # noq
 
 
 def tick(db: Database, settings: Settings, secrets: Secrets, clock: Clock) -> int:
-    """Re-evaluate every active rollout; the number of devices whose offer changed."""
+    """Re-evaluate every active rollout; the number of devices whose offer changed.
+
+    Also rewrites the director state of released devices that have not started and whose
+    director state lacks what the registry offers them: a process that died between a
+    rollout's commit and the director rewrite leaves them so, and nothing else would repair it.
+    """
     touched: list[str] = []
+    waiting: list[str] = []
     with db.transaction() as tx:
-        for rollout in UpdateTx(tx).list_rollouts():
+        ux = UpdateTx(tx)
+        for rollout in ux.list_rollouts():
             if rollout.state == ro.RolloutState.ACTIVE:
                 touched += _evaluate(tx, clock, rollout.id, actor=ACTOR_SYSTEM)
+                waiting += [r.device_id for r in ux.rollout_devices(rollout.id)
+                            if r.released_at is not None and r.status == "pending"]
+    touched += _missing_offers(db, settings, secrets, sorted(set(waiting) - set(touched)))
     sync_devices(db, settings, secrets, clock, touched)
     return len(touched)
+
+
+def _missing_offers(db: Database, settings: Settings, secrets: Secrets,
+                    device_ids: Sequence[str]) -> list[str]:
+    """The devices among ``device_ids`` whose director state differs from their offer."""
+    if not device_ids:
+        return []
+    targets = _image_targets(settings, secrets)
+    with db.transaction(readonly=True) as tx:
+        wishes = device_wishes(tx, targets, device_ids)
+    director = updates.open_director(settings, secrets)
+    return [device_id for device_id, wished in wishes
+            if set(director.device_targets(device_id)) != {p.path for p in wished}]
 
 
 # -- what each device is offered -> director ---------------------------------------------------

@@ -19,6 +19,7 @@ from iotrust import __version__
 from iotrust.adapters.sql.store import Database
 from iotrust.api import audit as audit_api
 from iotrust.api import broker_hooks, dashboard, lifecycle, limits, onboarding, operators, updates
+from iotrust.api import responses as api_responses
 from iotrust.core import pki
 from iotrust.core.onboarding.reasons import REASONS
 from iotrust.core.records import ApiToken
@@ -101,6 +102,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app.include_router(updates.router(state, require))
     app.include_router(audit_api.router(state, require))
     dashboard.install(app, state)
+    api_responses.install(app)  # every operation's error statuses and body in the OpenAPI
     return app
 
 

@@ -190,7 +190,7 @@ def router(  # noqa: C901 - one closure per route, each trivial
                                   for i, rs, d in report.refused])
 
     @r.get("/events")
-    def list_events(_: Reader, after: Annotated[int, Query(ge=0)] = 0,
+    def list_events(_: Reader, after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
                     device_id: Annotated[str | None, Query(max_length=64)] = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[EventOut]:
         out: list[EventOut] = []

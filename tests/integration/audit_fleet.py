@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from iotrust.adapters.sql.store import Database
+from iotrust.adapters.sql.updates import ReleaseRow, RolloutDeviceRow, RolloutRow, UpdateTx
 from iotrust.core import pki
 from iotrust.core.events import format_anchor
 from iotrust.core.ids import new_device_id
@@ -148,6 +149,29 @@ def clean_fleet(base: Path, url: str | None = None, *, count: int = 4) -> AuditF
     return fleet
 
 
+def _rollouts(db: Database, ids: list[str]) -> None:
+    """fw-1 rolled out and aborted (device 1 kept it); fw-2 active, device 2 stuck, device 3
+    rolled back, device 5 committed."""
+    with db.transaction() as tx:
+        ux = UpdateTx(tx)
+        for n, (rollout, state, devices) in enumerate((
+                ("ro-1", "aborted", [(ids[1], "installed")]),
+                ("ro-2", "active", [(ids[2], "downloading"), (ids[3], "rolled_back"),
+                                    (ids[5], "committed")]))):
+            release = f"fw-{n + 1}"
+            ux.add_release(ReleaseRow(id=release, component="firmware", release_counter=n + 1,
+                                      hw_class_ids=("mcu-1",), min_agent_version="0.1",
+                                      targets={"mcu-1": f"firmware/{release}.bin"},
+                                      created_at=T0))
+            ux.add_rollout(RolloutRow(id=rollout, release_id=release, state=state, policy={},
+                                      wave_index=0, reason=None, created_at=T0, updated_at=T0),
+                           [RolloutDeviceRow(rollout_id=rollout, device_id=d, bucket=0, wave=0,
+                                             released_at=T0, status=st, reason=None)
+                            for d, st in devices], T0)
+        ux.accept_report(ids[1], 1, T0, installed_release="fw-1")
+        ux.accept_report(ids[5], 1, T0, installed_release="fw-2")
+
+
 def bad_fleet(base: Path, url: str | None = None) -> AuditFleet:
     """A fleet tripping every check; the audit runs 40 days after T0."""
     clock = FixedClock(T0)
@@ -205,6 +229,7 @@ def bad_fleet(base: Path, url: str | None = None) -> AuditFleet:
         Rule(Action.PUBLISH, "devices/{device_id}/#"),
         Rule(Action.PUBLISH, "devices/{device_id}/telemetry"),
     ], actor=ACTOR)
+    _rollouts(db, ids)
     policies.add_to_group(db, clock, "spies", [ids[4]], actor=ACTOR)
     policies.assign_to_group(db, clock, "spy", "spies", actor=ACTOR)
     clock.advance(40 * 86_400)

@@ -37,7 +37,8 @@ EXPECTED_BAD = {"credential-shared", "key-reused", "weak-device-key", "revoked-s
                 "credential-expiring", "credential-age", "conflicting-client-ids",
                 "policy-overly-permissive", "policy-misreadable", "blast-radius",
                 "weak-key-storage", "unsafe-manufacturer-trust", "zombies", "dormant-devices",
-                "hardware-lifetime", "event-log-integrity"}
+                "hardware-lifetime", "event-log-integrity", "rollout-lagging",
+                "withdrawn-release"}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,8 @@ def test_bad_fleet_trips_every_check(bad: AuditFleet) -> None:
     assert reach.evidence["reads_devices"] == 7
     assert by_check["zombies"][0].affected == (ids[0],)
     assert by_check["credential-shared"][0].evidence["kind"] == "clone_suspected"
+    assert {f.affected for f in by_check["rollout-lagging"]} == {(ids[2],), (ids[3],)}
+    assert by_check["withdrawn-release"][0].affected == (ids[1],)
 
 
 def test_only_the_named_checks_run(bad: AuditFleet) -> None:
@@ -204,7 +207,7 @@ def test_cli_json_html_suppress_and_mitigate(bad: AuditFleet, tmp_path: Path) ->
     report = json.loads(proc.stdout)
     assert report["schema"] == "iotrust.audit/v1"
     assert {f["check_id"] for f in report["findings"]} >= EXPECTED_BAD - {"revoked-still-trusted"}
-    assert len(report["checks"]) == 18
+    assert len(report["checks"]) == 20
     parsed = _Page()
     parsed.feed(page.read_text(encoding="utf-8"))
     assert set(parsed.charts) == set(audit_report.CHART_IDS)

@@ -59,10 +59,12 @@ __all__ = [
     "ModelRow",
     "PolicySet",
     "RevokedRow",
+    "RolloutLag",
     "Severity",
     "SharedUse",
     "Snapshot",
     "SubjectConflict",
+    "WithdrawnInstall",
     "ZombieRow",
     "apply_suppressions",
     "run_check",
@@ -144,12 +146,13 @@ class AuditConfig:
     dormant_days: int = 30
     shared_use_window_s: int = 3600
     recent_zombie_days: int = 7
+    rollout_stuck_days: int = 3
     max_affected: int = 100
 
     def __post_init__(self) -> None:
         for name in ("ca_expiry_days", "credential_expiry_days", "credential_max_age_days",
                      "dormant_days", "shared_use_window_s", "recent_zombie_days",
-                     "max_affected"):
+                     "rollout_stuck_days", "max_affected"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**7:
                 raise InputError(f"{name} must be a positive integer", reason="invalid_config")
@@ -286,6 +289,25 @@ class ZombieRow(NamedTuple):
     last_reason: str
 
 
+class RolloutLag(NamedTuple):
+    """A device of a live (or completed) rollout that has not taken the release."""
+
+    rollout_id: str
+    release_id: str
+    rollout_state: str
+    device_id: str
+    status: str  # pending | downloading | installed | rolled_back | rejected
+    since: datetime
+
+
+class WithdrawnInstall(NamedTuple):
+    """A non-retired device running a release whose rollout was aborted (and not re-offered)."""
+
+    device_id: str
+    release_id: str
+    rollout_id: str
+
+
 class EventLogStatus(NamedTuple):
     """The chain verification of the event log and whether an exported anchor was checked."""
 
@@ -376,6 +398,18 @@ class Snapshot(Protocol):
 
     def event_log(self) -> EventLogStatus:
         """The event log's chain verification."""
+        ...
+
+    def rollout_lags(self, stuck_before: datetime) -> Iterable[RolloutLag]:
+        """Stuck or failed rollout devices.
+
+        Stuck: released by an active/paused rollout, short of ``committed`` and unchanged since
+        before ``stuck_before``. Failed: rolled back or rejected a non-aborted rollout.
+        """
+        ...
+
+    def withdrawn_installs(self) -> Iterable[WithdrawnInstall]:
+        """Devices running a release withdrawn by an aborted rollout."""
         ...
 
 

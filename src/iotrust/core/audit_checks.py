@@ -11,7 +11,8 @@ LOGGING_DISABLED [``event-log-integrity``]. The AWS checks about Cognito roles a
 have no counterpart in a self-hosted fleet.
 
 iotrust's own: ``key-reused``, ``unsafe-manufacturer-trust``, ``weak-key-storage``,
-``zombies``, ``dormant-devices``, ``hardware-lifetime``, ``blast-radius``.
+``zombies``, ``dormant-devices``, ``hardware-lifetime``, ``blast-radius``,
+``rollout-lagging``, ``withdrawn-release``.
 
 Fleet-scale checks aggregate (one finding, a capped sample, ``evidence["count"]``) and skip
 suppressed targets while counting; per-subject checks yield one finding per CA, policy, model or
@@ -669,6 +670,64 @@ class BlastRadius:
                           "its downstream devices")
 
 
+class RolloutLagging:
+    """Devices stuck in a rollout, or that rolled it back or rejected it.
+
+    Stuck: released, not committed after ``rollout_stuck_days``. Either way they run something
+    other than what the fleet should.
+    """
+
+    id = "rollout-lagging"
+    title = "Devices lagging or stuck in rollouts"
+    severity = Severity.MEDIUM
+
+    def run(self, snapshot: Snapshot) -> Iterator[Finding]:
+        days = snapshot.config.rollout_stuck_days
+        per: dict[tuple[str, str, bool], tuple[_Collector, dict[str, int], str]] = {}
+        for lag in snapshot.rollout_lags(snapshot.now - timedelta(days=days)):
+            failed = lag.status in {"rolled_back", "rejected"}
+            key = (lag.rollout_id, lag.release_id, failed)
+            if key not in per:
+                per[key] = (_Collector(snapshot, self.id), {}, lag.rollout_state)
+            collected, statuses, _ = per[key]
+            if collected.add(lag.device_id):
+                statuses[lag.status] = statuses.get(lag.status, 0) + 1
+        for (rollout, release, failed), (collected, statuses, state) in sorted(per.items()):
+            if not collected.count:
+                continue
+            what = "did not take" if failed else f"stuck for over {days} days in"
+            yield Finding(self.id, Severity.MEDIUM if failed else Severity.LOW,
+                          f"{collected.count} device(s) {what} rollout {rollout} ({release})",
+                          tuple(collected.sample),
+                          collected.evidence(rollout=rollout, release=release,
+                                             rollout_state=state, statuses=statuses),
+                          "look at the devices' status reasons (iotrust rollout status); "
+                          "re-offer or quarantine devices that cannot update")
+
+
+class WithdrawnRelease:
+    """Devices still running a release withdrawn by an aborted rollout."""
+
+    id = "withdrawn-release"
+    title = "Devices running a withdrawn release"
+    severity = Severity.HIGH
+
+    def run(self, snapshot: Snapshot) -> Iterator[Finding]:
+        per: dict[str, tuple[_Collector, set[str]]] = {}
+        for row in snapshot.withdrawn_installs():
+            entry = per.setdefault(row.release_id, (_Collector(snapshot, self.id), set()))
+            entry[0].add(row.device_id)
+            entry[1].add(row.rollout_id)
+        for release, (collected, rollouts) in sorted(per.items()):
+            if collected.count:
+                yield Finding(self.id, Severity.HIGH,
+                              f"{collected.count} device(s) run withdrawn release {release}",
+                              tuple(collected.sample),
+                              collected.evidence(release=release, rollouts=sorted(rollouts)),
+                              "roll out a fixed release (a higher release counter) to these "
+                              "devices, or quarantine them until it exists")
+
+
 def blast_ranking(snapshot: Snapshot) -> list[Reach]:
     """The blast-radius ranking itself (for the report)."""
     return blast_radius(snapshot.policy_sets(), snapshot.policies())
@@ -680,7 +739,7 @@ ALL_CHECKS: Final[tuple[Check, ...]] = (
     CaExpiring(), CredentialExpiring(), CredentialAge(), ConflictingClientIds(),
     PolicyOverlyPermissive(), PolicyMisreadable(), BlastRadius(), WeakKeyStorage(),
     UnsafeManufacturerTrust(), Zombies(), DormantDevices(), HardwareLifetime(),
-    EventLogIntegrity(),
+    RolloutLagging(), WithdrawnRelease(), EventLogIntegrity(),
 )
 
 

@@ -230,6 +230,14 @@ class RegistrySnapshot:
         report = verify_chain(self._tx.iter_events(), anchor=anchor)
         return au.EventLogStatus(report=report, anchored=anchor is not None)
 
+    def rollout_lags(self, stuck_before: datetime) -> Iterator[au.RolloutLag]:
+        """Stuck or failed rollout devices."""
+        return self._q.rollout_lags(stuck_before)
+
+    def withdrawn_installs(self) -> Iterator[au.WithdrawnInstall]:
+        """Devices running a withdrawn release."""
+        return self._q.withdrawn_installs()
+
     def device_states(self) -> dict[str, int]:
         """Devices per lifecycle state."""
         return self._once("device_states", self._q.device_states)  # type: ignore[no-any-return]

@@ -26,8 +26,10 @@ from iotrust.core.audit import (
     ManufacturerRow,
     ModelRow,
     RevokedRow,
+    RolloutLag,
     SharedUse,
     SubjectConflict,
+    WithdrawnInstall,
     ZombieRow,
 )
 from iotrust.core.audit_reach import PolicySet
@@ -79,6 +81,9 @@ class MemorySnapshot:
     log: EventLogStatus = field(default_factory=lambda: EventLogStatus(
         ChainReport(0, None, ()), anchored=True))
     suppressions: dict[str, set[str]] = field(default_factory=dict)
+    #: (rollout id, release id, rollout state, device id, device status, updated at)
+    rollout_devices: list[tuple[str, str, str, str, str, datetime]] = field(default_factory=list)
+    installed: dict[str, str] = field(default_factory=dict)  # device id -> release id
 
     def suppressed(self, check_id: str) -> frozenset[str]:
         return frozenset(self.suppressions.get(check_id, ()))
@@ -179,3 +184,19 @@ class MemorySnapshot:
 
     def event_log(self) -> EventLogStatus:
         return self.log
+
+    def rollout_lags(self, stuck_before: datetime) -> Iterator[RolloutLag]:
+        out = []
+        for rollout, release, state, device, status, at in self.rollout_devices:
+            stuck = (state in ("active", "paused") and at < stuck_before
+                     and status in ("pending", "downloading", "installed"))
+            failed = state != "aborted" and status in ("rolled_back", "rejected")
+            if stuck or failed:
+                out.append(RolloutLag(rollout, release, state, device, status, at))
+        return iter(out)
+
+    def withdrawn_installs(self) -> Iterator[WithdrawnInstall]:
+        aborted = {rel: ro for ro, rel, st, *_ in self.rollout_devices if st == "aborted"}
+        live = {rel for _, rel, st, *_ in self.rollout_devices if st != "aborted"}
+        return iter([WithdrawnInstall(d, rel, aborted[rel]) for d, rel in self.installed.items()
+                     if rel in aborted and rel not in live])

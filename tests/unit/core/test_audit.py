@@ -412,6 +412,32 @@ def test_hardware_lifetime() -> None:
     assert run("hardware-lifetime", unused)[0].severity is Severity.LOW
 
 
+def test_rollout_lagging() -> None:
+    old, new = NOW - timedelta(days=5), NOW - timedelta(hours=2)
+    bad = MemorySnapshot(rollout_devices=[
+        ("ro-1", "fw-2", "active", D1, "downloading", old),
+        ("ro-1", "fw-2", "active", D2, "rolled_back", new),
+        ("ro-1", "fw-2", "active", D3, "committed", old)])
+    good = MemorySnapshot(rollout_devices=[
+        ("ro-1", "fw-2", "active", D1, "downloading", new),
+        ("ro-1", "fw-2", "active", D3, "committed", old),
+        ("ro-0", "fw-1", "aborted", D2, "rolled_back", old)])
+    found = _pair("rollout-lagging", bad, good)
+    assert {(f.affected, f.severity) for f in found} == {((D1,), Severity.LOW),
+                                                         ((D2,), Severity.MEDIUM)}
+
+
+def test_withdrawn_release() -> None:
+    bad = MemorySnapshot(rollout_devices=[("ro-1", "fw-2", "aborted", D1, "installed", NOW)],
+                         installed={D1: "fw-2", D2: "fw-1"})
+    good = MemorySnapshot(rollout_devices=[("ro-1", "fw-2", "aborted", D1, "installed", NOW),
+                                           ("ro-2", "fw-2", "completed", D1, "committed", NOW)],
+                          installed={D1: "fw-2"})
+    found = _pair("withdrawn-release", bad, good)
+    assert found[0].affected == (D1,)
+    assert found[0].evidence["rollouts"] == ["ro-1"]
+
+
 def _chain(n: int) -> list:
     rows, head = [], None
     for i in range(n):

@@ -37,8 +37,10 @@ from iotrust.core.audit import (
     KeyReuse,
     KeyUse,
     RevokedRow,
+    RolloutLag,
     SharedUse,
     SubjectConflict,
+    WithdrawnInstall,
     ZombieRow,
 )
 from iotrust.core.audit_keys import P256_SPKI_BASE64
@@ -422,6 +424,40 @@ class AuditTx:
             entry[0] = entry[0] or r.device_id
         return [ZombieRow(identity, v[0], tuple(v[1]), v[2], v[3], v[4], v[5])
                 for identity, v in rows.items()]
+
+    # -- rollouts ----------------------------------------------------------------------------
+
+    def rollout_lags(self, stuck_before: datetime) -> Iterator[RolloutLag]:
+        """Stuck or failed devices of non-aborted rollouts (streamed; one scan)."""
+        r, rd, d = s.rollouts, s.rollout_devices, s.devices
+        stuck = and_(r.c.state.in_(("active", "paused")), rd.c.released_at.is_not(None),
+                     rd.c.status.in_(("pending", "downloading", "installed")),
+                     rd.c.updated_at < stuck_before)
+        failed = and_(r.c.state != "aborted", rd.c.status.in_(("rolled_back", "rejected")))
+        stmt = _streamed(
+            select(r.c.id, r.c.release_id, r.c.state, rd.c.device_id, rd.c.status,
+                   rd.c.updated_at)
+            .select_from(rd.join(r, r.c.id == rd.c.rollout_id)
+                         .join(d, d.c.id == rd.c.device_id))
+            .where(or_(stuck, failed), d.c.state != "retired"))
+        for row in self._exec(stmt):
+            yield RolloutLag(*row)
+
+    def withdrawn_installs(self) -> Iterator[WithdrawnInstall]:
+        """Non-retired devices whose installed release only ever came from aborted rollouts."""
+        r, u, d = s.rollouts, s.device_updates, s.devices
+        aborted = select(r.c.release_id).where(r.c.state == "aborted")
+        live = select(r.c.release_id).where(r.c.state != "aborted")
+        first_aborted = (select(func.min(r.c.id)).where(r.c.release_id == u.c.installed_release,
+                                                        r.c.state == "aborted")
+                         .scalar_subquery())
+        stmt = _streamed(
+            select(u.c.device_id, u.c.installed_release, first_aborted)
+            .select_from(u.join(d, d.c.id == u.c.device_id))
+            .where(u.c.installed_release.in_(aborted), u.c.installed_release.not_in(live),
+                   d.c.state != "retired"))
+        for row in self._exec(stmt):
+            yield WithdrawnInstall(*row)
 
     # -- the report ------------------------------------------------------------------------------
 

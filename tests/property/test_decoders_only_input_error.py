@@ -44,7 +44,7 @@ from iotrust.core.lifecycle import DeviceState
 from iotrust.core.onboarding import _wire
 from iotrust.errors import InputError, IotrustError, TrustError
 
-_SETTINGS = settings(max_examples=200, deadline=None,
+_SETTINGS = settings(max_examples=100, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 json_scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)

@@ -67,9 +67,20 @@ async def _in_thread(fn: Callable[[], _T]) -> _T:
     return await anyio.to_thread.run_sync(fn)
 
 
-def router(service: OnboardingService, resync: asyncio.Event | None = None) -> APIRouter:
-    """The three onboarding routes over ``service``; ``resync`` is set after each confirm."""
-    resync = resync or asyncio.Event()
+class _Resync:
+    """A wake-up for the broker resync task, bound to the event loop the app runs in."""
+
+    def __init__(self) -> None:
+        self.event: asyncio.Event | None = None
+
+    def request(self) -> None:
+        if self.event is not None:
+            self.event.set()
+
+
+def router(service: OnboardingService, resync: _Resync | None = None) -> APIRouter:
+    """The three onboarding routes over ``service``; ``resync`` is woken after each confirm."""
+    resync = resync or _Resync()
     r = APIRouter(prefix="/v1/onboarding", tags=["onboarding"])
 
     @r.post("/hello", response_class=Response, responses=_REFUSALS)
@@ -93,14 +104,15 @@ def router(service: OnboardingService, resync: asyncio.Event | None = None) -> A
         """Step 3: the new key signs the confirm transcript → the device is ACTIVE."""
         body = await _body(request, ConfirmRequest.MAX_BYTES)
         await _in_thread(functools.partial(service.confirm, body, source=_source(request)))
-        resync.set()
+        resync.request()
         return Response(status_code=204)
 
     return r
 
 
-async def _resync_broker_forever(state: AppState, pending: asyncio.Event) -> None:
+async def _resync_broker_forever(state: AppState, resync: _Resync) -> None:
     """Apply the registry's rules to the broker after confirmations, coalescing bursts."""
+    pending = resync.event = asyncio.Event()  # created inside the loop that will wait on it
     while True:
         await pending.wait()
         await asyncio.sleep(BROKER_RESYNC_S)
@@ -134,14 +146,14 @@ def install(app: FastAPI, state: AppState, *, sweep_interval_s: float = SWEEP_IN
             ) -> OnboardingService:
     """Add the onboarding routes to ``app`` and sweep unconfirmed sessions while it runs."""
     service = OnboardingService(state.db, state.clock, state.settings, state.secrets)
-    pending = asyncio.Event()
-    app.include_router(router(service, pending))
+    resync = _Resync()
+    app.include_router(router(service, resync))
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:  # noqa: ANN401 - Starlette's app type
         tasks = [asyncio.create_task(_sweep_forever(service, sweep_interval_s)),
-                 asyncio.create_task(_resync_broker_forever(state, pending))]
+                 asyncio.create_task(_resync_broker_forever(state, resync))]
         try:
             async with inner(a) as value:
                 yield value

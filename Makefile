@@ -1,7 +1,7 @@
 # iotrust — two commands on a fresh Debian/Python 3.11 machine:
 #   make run    install, initialise a trust domain in ./data if there is none, serve (SQLite)
 #   make test   install what the tests need (Debian packages included), lint, type-check, test
-.PHONY: run test lint unit bench venv clean fuzz
+.PHONY: run test lint unit bench venv clean fuzz demo
 
 DATA ?= data
 HOST ?= 127.0.0.1
@@ -14,6 +14,10 @@ venv:
 run: venv
 	@scripts/system-deps.sh run
 	.venv/bin/iotrust --data $(DATA) run --host $(HOST) --port $(PORT)
+
+demo: venv
+	@scripts/system-deps.sh test
+	.venv/bin/iotrust demo
 
 lint: venv
 	.venv/bin/ruff check src tests benchmarks scripts

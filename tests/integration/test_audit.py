@@ -89,6 +89,9 @@ def test_only_the_named_checks_run(bad: AuditFleet) -> None:
                            checks=["zombies", "dormant-devices"])
     assert [r.check_id for r in report.runs] == ["zombies", "dormant-devices"]
     assert _checks(report) == {"zombies", "dormant-devices"}
+    skipped = svc.run_audit(bad.db, bad.settings, bad.clock, actor=ACTOR, record=False,
+                            skip=["event-log-integrity", "zombies"])
+    assert _checks(skipped) == EXPECTED_BAD - {"event-log-integrity", "zombies"}
     with pytest.raises(InputError) as exc:
         svc.run_audit(bad.db, bad.settings, bad.clock, actor=ACTOR, checks=["nope"])
     assert exc.value.reason == "unknown_check"

@@ -70,6 +70,7 @@ def audit_cmd(
                                          help="Also write the HTML report with charts."),
     check: list[str] = typer.Option([], "--check", "-c",
                                     help="Run only this check (repeatable; see 'audit checks')."),
+    skip: list[str] = typer.Option([], "--skip", help="Leave this check out (repeatable)."),
     no_record: bool = typer.Option(False, "--no-record",
                                    help="Do not record the audit.completed event."),
 ) -> None:
@@ -82,7 +83,7 @@ def audit_cmd(
         db = STATE.db()
         try:
             report = svc.run_audit(db, settings, CLOCK, actor=STATE.actor(), checks=check,
-                                   record=not no_record)
+                                   skip=skip, record=not no_record)
             if html_out is not None:
                 from iotrust.services import audit_report  # noqa: PLC0415 - matplotlib: only here
 

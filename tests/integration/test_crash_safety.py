@@ -19,8 +19,12 @@ Then the broker itself: Mosquitto is killed by SIGKILL and restarted from the fi
 rights and a revoked certificate is still refused. A retirement whose process died between the
 commit and the CRL install is enforced by the same regeneration.
 
-The default run covers one representative checkpoint per crash window (about a minute); every
-checkpoint runs with ``-m slow``. One fleet and one data folder serve the whole module: every
+A rollout whose advancing status report committed before the process died offers the next wave
+after ``iotrust rollout tick``. The onboarding cases also run on PostgreSQL (marker
+``postgres``).
+
+The default run covers one representative checkpoint per crash window; every checkpoint runs
+with ``-m slow``. One fleet and one data folder serve the module (one more on PostgreSQL): every
 case takes its own devices and the invariants are global.
 """
 
@@ -43,6 +47,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from tests.integration.fleet import PASSPHRASE, Fleet, FleetDevice, Maker, build_fleet
 from tests.integration.lifecycle_helpers import RotatingDevice
 from tests.integration.mqtt import Client, Identity, require_mosquitto
+from tests.integration.pg import fresh_postgres_database
 from tests.integration.server import free_port, running_server, start_server
 
 from iotrust.adapters.keys.file import DeviceFileKey
@@ -137,9 +142,19 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    yield from _world(tmp_path_factory.mktemp("crash"), None, active=16)
+
+
+@pytest.fixture(scope="module")
+def pg_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with fresh_postgres_database() as url:
+        yield from _world(tmp_path_factory.mktemp("crash-pg"), url, active=0)
+
+
+def _world(base: Path, database_url: str | None, *, active: int) -> Iterator[World]:
     require_mosquitto()  # the broker files name the dynamic-security plugin
-    base = tmp_path_factory.mktemp("crash")
-    fleet = build_fleet(base, makers=(Maker("widgetco", count=40),), domain_settings={
+    fleet = build_fleet(base, database_url=database_url, makers=(Maker("widgetco", count=40),),
+                        domain_settings={
         "onboarding_session_ttl_s": SESSION_TTL_S, "onboarding_confirm_s": CONFIRM_S,
         "rotation_session_ttl_s": SESSION_TTL_S, "rotation_confirm_s": CONFIRM_S})
     db = fleet.open_db()
@@ -150,7 +165,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         w = World(fleet=fleet, db=db, base=base)
         (base / "keys").mkdir()
         svc = OnboardingService(db, CLOCK, fleet.settings, fleet.secrets)
-        for _ in range(16):
+        for _ in range(active):
             w.active.append(onboard_in_process(svc, w.fresh(), base / "devices"))
         yield w
     finally:
@@ -390,12 +405,25 @@ FAST = frozenset({
 })
 
 
-def cases(names: list[str] | dict[str, str]) -> list[Any]:
-    return [pytest.param(n, id=n, marks=() if n in FAST else pytest.mark.slow) for n in names]
+def cases(names: list[str] | dict[str, str], fast: frozenset[str] = FAST) -> list[Any]:
+    return [pytest.param(n, id=n, marks=() if n in fast else pytest.mark.slow) for n in names]
 
 
 @pytest.mark.parametrize("fault", cases(ONBOARDING))
 def test_onboarding_survives_sigkill(world: World, fault: str) -> None:
+    onboarding_case(world, fault)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("fault", cases(ONBOARDING, frozenset({"onboarding.attest.nonce_spent"})))
+def test_onboarding_survives_sigkill_on_postgres(pg_world: World, fault: str) -> None:
+    """The same on PostgreSQL: the server's session dies with the process, its transaction
+    rolls back, a committed one stays."""
+    onboarding_case(pg_world, fault)
+
+
+def onboarding_case(world: World, fault: str) -> None:
+    """Kill the server at ``fault`` during one device's onboarding; restart; recover; check."""
     dev = world.fresh()
     device_id = world.device_id(dev)
     ob = Onboarding(dev, DeviceFileKey.generate(world.base / "keys" / f"{dev.serial}.key.pem"))

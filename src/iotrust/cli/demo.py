@@ -39,19 +39,20 @@ def _narrator(console: Console) -> demo_svc.Narrate:
 
 
 def _wait_for_interrupt() -> None:
+    """Block until SIGINT (Ctrl-C) or SIGTERM, without raising KeyboardInterrupt mid-wait."""
     stop = threading.Event()
 
     def handler(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+    err.print("stopping the server, the broker and ingest ...")
 
 
 def demo(

@@ -514,7 +514,8 @@ def _install_sqlite_hooks(engine: Engine, lock_timeout_s: float) -> None:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(lock_timeout_s * 1000)}")
             cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")
+            # FULL: a commit is on disk before the caller answers (docs/adr/0004).
+            cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()

@@ -203,9 +203,29 @@ def domain_show() -> None:
         with db.transaction() as tx:
             d = domain.require_domain(tx)
             cas = tx.list_cas()
-        emit([{"id": c.id, "role": c.role, "state": c.state, "not_after": c.not_after,
-               "key": c.key_ref.split(":", 1)[0]} for c in cas],
-             ["id", "role", "state", "not_after", "key"], title=f"{d.name} (owner {d.owner})")
+        rows = [{"id": c.id, "role": c.role, "state": c.state, "not_after": c.not_after,
+                 "key": c.key_ref.split(":", 1)[0]} for c in cas]
+        if STATE.json:
+            emit_object({"name": d.name, "owner": d.owner, "server_id": d.server_id,
+                         "settings": dict(d.settings), "cas": rows})
+            return
+        emit(rows, ["id", "role", "state", "not_after", "key"],
+             title=f"{d.name} (owner {d.owner})")
+        emit([{"setting": k, "value": v} for k, v in sorted(d.settings.items())],
+             ["setting", "value"], title="settings (`iotrust domain set KEY VALUE`)")
+
+
+@domain_app.command("set")
+def domain_set(
+    key: str = typer.Argument(..., help="Setting name (see `iotrust domain show`)."),
+    value: str = typer.Argument(...),
+) -> None:
+    """Change one trust-domain setting (broker endpoint, onboarding/rotation limits)."""
+    with errors():
+        from iotrust.services import domain_settings  # noqa: PLC0415 - pulls in the services
+
+        stored = domain_settings.set_setting(STATE.db(), CLOCK, key, value, actor=STATE.actor())
+        emit_object({"key": key, "value": stored})
 
 
 @domain_app.command("export-root")

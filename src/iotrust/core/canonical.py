@@ -136,7 +136,10 @@ def parse_json_object(data: bytes, *, max_bytes: int, max_depth: int = 8) -> dic
     raw = bytes(data)
     if len(raw) > max_bytes:
         raise InputError(f"JSON document larger than {max_bytes} bytes", reason="too_large")
-    if _nesting_depth(raw) > max_depth:
+    # The exact scan is pure Python; it can only find too much nesting if there are more
+    # opening brackets than the limit, which most documents do not have.
+    could_be_deep = raw.count(b"[") + raw.count(b"{") > max_depth
+    if could_be_deep and _nesting_depth(raw) > max_depth:
         raise InputError(f"JSON nested deeper than {max_depth} levels", reason="too_deep")
     try:
         text = raw.decode("utf-8")

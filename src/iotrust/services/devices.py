@@ -7,6 +7,7 @@ cannot both win), the credential changes it implies, and one event. Effects outs
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from iotrust.ports import Clock
 from iotrust.services import eventlog, faults
 from iotrust.services.credentials import revoke_credential
 
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _LIVE = (CredentialState.ISSUED, CredentialState.ACTIVE, CredentialState.SUPERSEDED)
 
 
@@ -78,7 +80,10 @@ def _transition(db: Database, clock: Clock, device_id: str, *, kind: str, actor:
 
 def quarantine(db: Database, clock: Clock, device_id: str, *, actor: str,
                reason: str = "operator") -> Device:
-    """ACTIVE → QUARANTINED."""
+    """ACTIVE → QUARANTINED; ``reason`` is a snake_case code recorded on the event."""
+    if not _REASON.fullmatch(reason):
+        raise InputError("a quarantine reason is a snake_case code such as suspicious_traffic",
+                         reason="invalid_reason")
     return _transition(db, clock, device_id, kind=ev.DEVICE_QUARANTINED, actor=actor,
                        move=lambda d: lifecycle.quarantine(d, clock.now()), reason=reason)
 

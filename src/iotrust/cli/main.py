@@ -26,7 +26,7 @@ from iotrust.cli import updates as updates_cli
 from iotrust.cli.common import STATE, emit, emit_object, err, errors, out, progress
 from iotrust.core.events import format_anchor, parse_anchor
 from iotrust.core.lifecycle import RetirementReason
-from iotrust.errors import InputError, NotFoundError, TrustError
+from iotrust.errors import InputError, IotrustError, NotFoundError, TrustError
 from iotrust.ports import SystemClock
 from iotrust.services import broker as broker_svc
 from iotrust.services import (
@@ -177,6 +177,11 @@ def _serve(host: str, port: int, workers: int, options: safety.StartupOptions) -
         db = STATE.db()
         try:
             safety.check_startup(db, STATE.settings, options)
+            try:
+                if broker_svc.ensure_published_crls(db, STATE.settings, STATE.secrets(), CLOCK):
+                    err.print("republished the CRLs (they were missing, expiring or incomplete)")
+            except IotrustError as exc:  # serving still works; say why the CRL is not fresh
+                err.print(f"[yellow]warning:[/] could not refresh the CRLs: {exc.reason}")
         finally:
             db.close()
     os.environ["IOTRUST_DATA"] = str(STATE.settings.data_dir)

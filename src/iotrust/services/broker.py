@@ -250,6 +250,22 @@ def _lists_every_revocation(db: Database, pem: bytes | None) -> bool:
     return revoked <= listed
 
 
+def ensure_published_crls(db: Database, settings: Settings, secrets: Secrets, clock: Clock, *,
+                          threshold: timedelta = CRL_REFRESH_THRESHOLD) -> bool:
+    """Re-sign the published CRLs if they are missing, expiring or miss a revocation.
+
+    Run when the service starts, so a crash between a revocation's commit and its publication
+    never leaves ``/v1/crl/...`` stale. Returns whether new CRLs were published.
+    """
+    published_path = settings.crl_dir / "all.crl.pem"
+    published = published_path.read_bytes() if published_path.exists() else None
+    if _crl_ok(published, ca_bundle(db), clock, threshold) \
+            and _lists_every_revocation(db, published):
+        return False
+    credentials.publish_crls(db, settings, secrets, clock, actor=BROKER_SERVICE_NAME)
+    return True
+
+
 def refresh_crl_if_due(db: Database, settings: Settings, secrets: Secrets, clock: Clock,
                        broker: MosquittoBroker, *,
                        threshold: timedelta = CRL_REFRESH_THRESHOLD) -> bool:

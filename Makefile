@@ -27,7 +27,7 @@ lint: venv
 test: venv
 	@scripts/system-deps.sh test
 	$(MAKE) --no-print-directory lint
-	.venv/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	.venv/bin/pytest -m "not slow" --durations=30 $(PYTEST_ARGS)
 
 unit: venv
 	.venv/bin/pytest tests/unit tests/property -q

@@ -178,9 +178,12 @@ class RegistrySnapshot:
         """Live credentials older than ``issued_before``."""
         return self._q.old_credentials(issued_before)
 
+    def _certificate_scan(self) -> tuple[list[au.CertificateRow], list[str]]:
+        return self._once("certificates", self._q.certificate_scan)  # type: ignore[no-any-return]
+
     def live_certificates(self) -> Iterator[au.CertificateRow]:
-        """Certificates of live credentials."""
-        return self._q.live_certificates()
+        """Live certificates not certainly P-256 (shares one scan with the subjects)."""
+        return iter(self._certificate_scan()[0])
 
     def revoked_unexpired(self) -> Iterator[au.RevokedRow]:
         """Revoked, unexpired credentials."""
@@ -201,11 +204,18 @@ class RegistrySnapshot:
 
     def subject_conflicts(self) -> Sequence[au.SubjectConflict]:
         """Conflicting certificate subjects."""
-        return self._q.subject_conflicts()
+        return self._q.subject_conflicts(self._certificate_scan()[1])
+
+    def _device_scan(self, before: datetime) -> tuple[list[au.DeviceRow], list[au.DeviceRow]]:
+        key = f"devices:{before.isoformat()}"
+        return self._once(key, lambda: self._q.device_scan(before))  # type: ignore[no-any-return]
+
+    def _dormant_before(self) -> datetime:
+        return self._now - timedelta(days=self._config.dormant_days)
 
     def unsafe_admissions(self) -> Iterator[au.DeviceRow]:
-        """Devices admitted under unsafe trust."""
-        return self._q.unsafe_admissions()
+        """Devices admitted under unsafe trust (shares one scan with the dormant devices)."""
+        return iter(self._device_scan(self._dormant_before())[1])
 
     def zombies(self) -> Sequence[au.ZombieRow]:
         """Zombie contacts per identity."""
@@ -213,7 +223,7 @@ class RegistrySnapshot:
 
     def dormant_devices(self, before: datetime) -> Iterator[au.DeviceRow]:
         """Devices not seen since ``before``."""
-        return self._q.dormant_devices(before)
+        return iter(self._device_scan(before)[0])
 
     def event_log(self) -> au.EventLogStatus:
         """The chain verified (against the exported anchor when there is one)."""

@@ -179,19 +179,19 @@ class AuditTx:
     def policy_sets(self, sample: int) -> list[PolicySet]:
         """Devices grouped by (stored policies, state, key storage, model).
 
-        One ``GROUP BY`` over the devices (a table scan) counts every (state, key storage,
-        model); the members of groups holding a policy (few, streamed in id order) are then
-        moved from their model's set to the set of their combined policies. ``sample`` ids are
-        kept per set for group sets; model sets keep their lowest and highest id.
+        One ``GROUP BY`` over the covering index (state, key storage, model, id) counts every
+        (state, key storage, model); the members of groups holding a policy (few, streamed in
+        id order) are then moved from their model's set to the set of their combined policies.
+        ``sample`` ids are kept per set for group sets; model sets keep their lowest and
+        highest id.
         """
         d, dm, g, m = s.devices, s.device_models, s.device_groups, s.device_group_members
         sets: dict[tuple[tuple[str, ...], str, str, str | None], list[Any]] = {}
         model_policy = {r[0]: r[1] for r in self._exec(select(dm.c.name, dm.c.policy))}
-        state_ = _no_index(d.c.state)
         for state, storage, model, n, low, high in self._exec(
-                select(state_, d.c.key_storage, d.c.model, func.count(), func.min(d.c.id),
+                select(d.c.state, d.c.key_storage, d.c.model, func.count(), func.min(d.c.id),
                        func.max(d.c.id))
-                .group_by(state_, d.c.key_storage, d.c.model)):
+                .group_by(d.c.state, d.c.key_storage, d.c.model)):
             policy = model_policy.get(model) if model is not None else None
             key = ((policy,) if policy else (), state, storage, model)
             entry = sets.setdefault(key, [0, []])
@@ -324,20 +324,32 @@ class AuditTx:
         """Live credentials valid since before ``issued_before`` (streamed)."""
         return self._credentials(s.credentials.c.not_before < issued_before)
 
-    def live_certificates(self) -> Iterator[CertificateRow]:
-        """Certificates of live credentials, except those certainly holding a P-256 key.
+    def certificate_scan(self) -> tuple[list[CertificateRow], list[str]]:
+        """One scan of the live credentials for the two checks that must read every row.
 
-        The database skips every PEM containing the base64 form of the P-256 SPKI prefix
-        (:data:`~iotrust.core.audit_keys.P256_SPKI_BASE64`, ``instr``/``strpos``), so only the
-        rest crosses into Python (where a line break inside the prefix is caught by the parse).
+        Returns the certificates not certainly holding a P-256 key (the database skips every
+        PEM containing the base64 form of the P-256 SPKI prefix,
+        :data:`~iotrust.core.audit_keys.P256_SPKI_BASE64`, with ``instr``/``strpos``; a line
+        break inside the prefix only sends a certificate to the full parse), and the subjects
+        of credentials not named after their device (or device-like subjects on service
+        credentials).
         """
         c = s.credentials
-        stmt = _streamed(select(c.c.serial_number, c.c.device_id, c.c.certificate_pem)
-                         .where(c.c.state.in_(LIVE_CREDENTIAL_STATES),
-                                *(self._position(c.c.certificate_pem, p) == 0
-                                  for p in P256_SPKI_BASE64)))
-        for row in self._exec(stmt):
-            yield CertificateRow(*row)
+        not_p256 = and_(*(self._position(c.c.certificate_pem, p) == 0
+                          for p in P256_SPKI_BASE64))
+        wrong = or_(and_(c.c.device_id.is_not(None), c.c.subject != c.c.device_id),
+                    and_(c.c.device_id.is_(None), ~c.c.subject.contains("@")))
+        stmt = _streamed(select(c.c.serial_number, c.c.device_id, c.c.subject,
+                                c.c.certificate_pem)
+                         .where(c.c.state.in_(LIVE_CREDENTIAL_STATES), or_(not_p256, wrong)))
+        certificates: list[CertificateRow] = []
+        subjects: set[str] = set()
+        for serial, device_id, subject, pem in self._exec(stmt):
+            if (device_id is None and "@" not in subject) or (
+                    device_id is not None and subject != device_id):
+                subjects.add(subject)
+            certificates.append(CertificateRow(serial, device_id, pem))
+        return certificates, sorted(subjects)
 
     def count_live_credentials(self) -> int:
         """How many live credentials there are."""
@@ -346,6 +358,7 @@ class AuditTx:
                               .where(c.c.state.in_(LIVE_CREDENTIAL_STATES))).scalar_one())
 
     def _position(self, column: Any, needle: str) -> Any:  # noqa: ANN401 - SQL expressions
+        """``instr`` on SQLite, ``strpos`` on PostgreSQL (1-based; 0 when absent)."""
         if self._tx._conn.dialect.name == "postgresql":  # noqa: SLF001 - same adapter
             return func.strpos(column, needle)
         return func.instr(column, needle)
@@ -359,22 +372,17 @@ class AuditTx:
         for row in self._exec(stmt):
             yield RevokedRow(*row)
 
-    def subject_conflicts(self) -> list[SubjectConflict]:
-        """Live credentials whose subject is not their device's id, with every holder.
+    def subject_conflicts(self, subjects: Sequence[str]) -> list[SubjectConflict]:
+        """Every live holder of each of ``subjects`` (from :meth:`certificate_scan`).
 
-        Also service credentials with a device-like subject. Two holders of one subject need
-        one of them to be such a credential (a device's own credentials are named after it),
-        so one scan finds them all.
+        Two holders of one subject need one of them to be a credential not named after its
+        device (a device's own credentials are), so the scan's subjects cover every conflict.
         """
         c = s.credentials
         live = c.c.state.in_(LIVE_CREDENTIAL_STATES)
-        wrong = self._exec(select(c.c.subject).where(
-            live, or_(and_(c.c.device_id.is_not(None), c.c.subject != c.c.device_id),
-                      and_(c.c.device_id.is_(None), ~c.c.subject.contains("@"))))).all()
-        subjects = sorted({r[0] for r in wrong})
         groups: dict[str, list[Any]] = {}
         for i in range(0, len(subjects), 500):
-            chunk = subjects[i:i + 500]
+            chunk = list(subjects[i:i + 500])
             for subject, device_id, serial in self._exec(
                     select(c.c.subject, c.c.device_id, c.c.serial_number)
                     .where(live, or_(c.c.subject.in_(chunk), c.c.device_id.in_(chunk)))
@@ -386,25 +394,30 @@ class AuditTx:
 
     # -- devices ---------------------------------------------------------------------------------
 
-    def unsafe_admissions(self) -> Iterator[DeviceRow]:
-        """Non-retired devices admitted under unsafe manufacturer trust (streamed)."""
-        d = s.devices
-        stmt = _streamed(select(d.c.id, d.c.state, d.c.model, d.c.last_seen_at)
-                         .where(d.c.unsafe_admission.is_(True),
-                                _no_index(d.c.state) != "retired"))
-        for row in self._exec(stmt):
-            yield DeviceRow(*row)
+    def device_scan(self, dormant_before: datetime) -> tuple[list[DeviceRow], list[DeviceRow]]:
+        """One table scan for two checks: dormant devices and unsafe admissions.
 
-    def dormant_devices(self, before: datetime) -> Iterator[DeviceRow]:
-        """Active/quarantined devices not seen since ``before`` (never seen: by update time)."""
+        Dormant: active or quarantined, not seen since ``dormant_before`` (never seen: not
+        updated since). Unsafe: non-retired, admitted under unsafe manufacturer trust.
+        """
         d = s.devices
-        stmt = _streamed(
-            select(d.c.id, d.c.state, d.c.model, d.c.last_seen_at)
-            .where(_no_index(d.c.state).in_(("active", "quarantined")),
-                   or_(and_(d.c.last_seen_at.is_not(None), d.c.last_seen_at < before),
-                       and_(d.c.last_seen_at.is_(None), d.c.updated_at < before))))
-        for row in self._exec(stmt):
-            yield DeviceRow(*row)
+        state = _no_index(d.c.state)
+        dormant = and_(state.in_(("active", "quarantined")),
+                       or_(and_(d.c.last_seen_at.is_not(None), d.c.last_seen_at < dormant_before),
+                           and_(d.c.last_seen_at.is_(None), d.c.updated_at < dormant_before)))
+        unsafe = and_(d.c.unsafe_admission.is_(True), state != "retired")
+        stmt = _streamed(select(d.c.id, d.c.state, d.c.model, d.c.last_seen_at,
+                                case((dormant, 1), else_=0), case((unsafe, 1), else_=0))
+                         .where(or_(dormant, unsafe)))
+        sleepers: list[DeviceRow] = []
+        admitted: list[DeviceRow] = []
+        for device_id, st, model, seen, is_dormant, is_unsafe in self._exec(stmt):
+            row = DeviceRow(device_id, st, model, seen)
+            if is_dormant:
+                sleepers.append(row)
+            if is_unsafe:
+                admitted.append(row)
+        return sleepers, admitted
 
     def zombies(self) -> list[ZombieRow]:
         """Zombie contacts aggregated per identity."""

@@ -449,3 +449,13 @@ audit_suppressions = Table(
     Column("expires_at", UtcDateTime(), nullable=True),
     UniqueConstraint("check_id", "target"),
 )
+
+# -- 0009: indexes for fleet-scale audit queries -------------------------------------------------
+
+#: Devices per (state, key storage, model) from the index alone (the audit's policy sets).
+Index("ix_devices_state_key_storage_model_id", devices.c.state, devices.c.key_storage,
+      devices.c.model, devices.c.id)
+#: Credentials by state and end / start of validity (expiring, old, revoked-but-unexpired):
+#: range scans instead of reading every certificate.
+Index("ix_credentials_state_not_after", credentials.c.state, credentials.c.not_after)
+Index("ix_credentials_state_not_before", credentials.c.state, credentials.c.not_before)

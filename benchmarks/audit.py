@@ -12,7 +12,9 @@ seen for 60 days; zombie rows for the retired ones.
 
 ``run(quick)`` returns, per backend (SQLite, and PostgreSQL when ``scripts/postgres.sh`` or
 ``IOTRUST_BENCH_POSTGRES_URL`` provides one), one row with the total audit time and the time of
-every check (``extra.checks``), plus the build time. ``python -m benchmarks.audit [--quick]``.
+every check (``extra.checks``), plus the build time.
+``python -m benchmarks.audit [--quick] [--sqlite] [--postgresql]`` prints each row as soon as
+its backend is done.
 The event log holds only the set-up events here: verifying the chain costs about one SHA-256 of
 each record's canonical JSON; ``extra.event_log_records_per_s`` gives the rate, from which the
 cost of a full fleet's log follows.
@@ -243,30 +245,36 @@ def _row(backend: str, size: int, build_s: float, result: dict[str, Any]) -> dic
             "extra": {"build_s": round(build_s, 1), **result}}
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
-    size = 50_000 if quick else 1_000_000
-    rows = []
+def run_backend(backend: str, size: int) -> dict[str, Any]:
+    """Build the registry on ``backend`` (``sqlite`` or ``postgresql``) and audit it once."""
     base = Path(tempfile.mkdtemp(prefix="iotrust-audit-"))
     try:
-        db, settings, build_s = build(base / "sqlite", size, None)
-        try:
-            rows.append(_row("sqlite", size, build_s, _audit(db, settings)))
-        finally:
-            db.close()
+        if backend == "sqlite":
+            db, settings, build_s = build(base / "sqlite", size, None)
+            try:
+                return _row("sqlite", size, build_s, _audit(db, settings))
+            finally:
+                db.close()
         with _postgres() as url:
             if url is None:
-                rows.append({"name": "audit_full_postgresql", "skipped": "no PostgreSQL"})
-            else:
-                db, settings, build_s = build(base / "pg", size, url)
-                try:
-                    rows.append(_row("postgresql", size, build_s, _audit(db, settings)))
-                finally:
-                    db.close()
+                return {"name": "audit_full_postgresql", "skipped": "no PostgreSQL"}
+            db, settings, build_s = build(base / "pg", size, url)
+            try:
+                return _row("postgresql", size, build_s, _audit(db, settings))
+            finally:
+                db.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return rows
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    size = 50_000 if quick else 1_000_000
+    return [run_backend(backend, size) for backend in ("sqlite", "postgresql")]
 
 
 if __name__ == "__main__":
-    for row in run("--quick" in sys.argv):
-        print(json.dumps(row))
+    chosen = [b for b in ("sqlite", "postgresql") if f"--{b}" in sys.argv] or [
+        "sqlite", "postgresql"]
+    for name in chosen:  # one line per backend as soon as it is measured
+        print(json.dumps(run_backend(name, 50_000 if "--quick" in sys.argv else 1_000_000)),
+              flush=True)

@@ -74,4 +74,8 @@ def test_quarantine_cuts_one_session_keeps_the_others_and_release_restores(tmp_p
         assert all(p.disconnects == [] and len(p.connects) == 1 for p in peers)
         for o in others:
             assert ingest.delivered(f"devices/{o.name}/telemetry")
+        deadline = time.monotonic() + 15  # delivery to the subscriber is asynchronous
+        while not ingest.delivered(f"devices/{target.name}/telemetry") \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert ingest.delivered(f"devices/{target.name}/telemetry") == [b"back"]

@@ -240,3 +240,31 @@ def test_rollout_routes_need_an_operator_token(uf: UpdateFleet) -> None:
         reply = uf.app_client.request(method, url)
         assert reply.status_code == 401, (method, url, reply.text)
         assert reply.json()["reason"] == "unauthenticated"
+
+
+def test_status_report_from_a_retired_device_is_a_zombie_contact(uf: UpdateFleet) -> None:
+    from iotrust.core import envelope  # noqa: PLC0415
+    from iotrust.core.lifecycle import RetirementReason  # noqa: PLC0415
+    from iotrust.services import devices, zombies  # noqa: PLC0415
+
+    device = uf.devices[-1]  # the last device: the other tests use the first ones
+    devices.retire(uf.db, uf.clock, device.device_id, RetirementReason.COMPROMISED,
+                   actor="tests@iotrust")
+    body = envelope.seal(b'{"release":"main-2","status":"committed"}', signer=device.key,
+                         device_id=device.device_id, counter=10_000, timestamp=1,
+                         topic="updates/status", content_type="application/json",
+                         kid=device.kid)
+    reply = uf.app_client.post("/v1/updates/status", content=body)
+    assert reply.status_code == 403
+    assert reply.json()["reason"] == "unknown_credential"
+    found = {z.identity: z for z in zombies.list_zombies(uf.db)}[device.device_id]
+    assert found.channels.get("update") == 1
+    # A forger without the device's key cannot make it look like a zombie again.
+    other = uf.devices[0]
+    forged = envelope.seal(b'{"release":"main-2","status":"committed"}', signer=other.key,
+                           device_id=device.device_id, counter=10_001, timestamp=1,
+                           topic="updates/status", content_type="application/json",
+                           kid=device.kid)
+    assert uf.app_client.post("/v1/updates/status", content=forged).status_code == 403
+    again = {z.identity: z for z in zombies.list_zombies(uf.db)}[device.device_id]
+    assert again.channels.get("update") == 1

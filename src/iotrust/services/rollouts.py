@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from iotrust.adapters.sql.store import Database, Tx
 from iotrust.adapters.sql.updates import ReleaseRow, RolloutDeviceRow, RolloutRow, UpdateTx
 from iotrust.adapters.tuf._api import TargetFile
@@ -37,7 +39,7 @@ from iotrust.core import updates as u
 from iotrust.core.lifecycle import CredentialState, DeviceState
 from iotrust.errors import ConflictError, InputError, IotrustError, NotFoundError, TrustError
 from iotrust.ports import Clock
-from iotrust.services import eventlog, faults, updates
+from iotrust.services import eventlog, faults, updates, zombies
 from iotrust.services.domain import Secrets
 from iotrust.services.settings import Settings
 
@@ -418,6 +420,36 @@ def _parse_report(payload: bytes) -> tuple[str, ro.DeviceStatus, str | None]:
                          detail=str(exc)[:100]) from None
 
 
+def _record_zombie(db: Database, clock: Clock, env: envelope.Envelope, now: Any) -> None:  # noqa: ANN401
+    """A report really signed by a dead identity (revoked/expired credential, retired device).
+
+    Only a valid signature under the device's own (dead) credential counts: an unauthenticated
+    sender cannot make a device look like a zombie.
+    """
+    with db.transaction(readonly=True) as tx:
+        try:
+            cred = tx.get_credential(env.credential_serial)
+            device = tx.get_device(env.device_id)
+        except NotFoundError:
+            return
+    expired = not cred.not_before <= now <= cred.not_after
+    dead = cred.state in {CredentialState.REVOKED, CredentialState.EXPIRED} or expired \
+        or device.state is DeviceState.RETIRED
+    if cred.device_id != env.device_id or not dead:
+        return
+    key = pki.load_certificate(cred.certificate_pem.encode()).public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return
+    try:
+        envelope.verify_signature(env, key)
+    except IotrustError:
+        return
+    reason = "retired" if device.state is DeviceState.RETIRED else (
+        "expired" if expired or cred.state is CredentialState.EXPIRED else "revoked")
+    zombies.record_contact(db, clock, identity=env.device_id, where="update",
+                           source=f"cred:{env.credential_serial}", reason=reason)
+
+
 def report_status(db: Database, settings: Settings, secrets: Secrets, clock: Clock,
                   body: bytes) -> dict[str, Any]:
     """Accept one signed status report; re-evaluate the rollout it belongs to.
@@ -458,6 +490,8 @@ def report_status(db: Database, settings: Settings, secrets: Secrets, clock: Clo
     except IotrustError as exc:
         eventlog.record_refusal(db, clock, UPDATE_REPORT_REFUSED, actor=ACTOR_DEVICE,
                                 reason=exc.reason, data={"counter": env.counter})
+        if exc.reason in {"unknown_credential", "retired"}:
+            _record_zombie(db, clock, env, now)
         raise
     faults.checkpoint("rollouts.report.committed")
     sync_devices(db, settings, secrets, clock, touched)

@@ -179,7 +179,7 @@ class WeakCaKey:
                               {"ca": ca.id, "role": ca.role, "algorithm": report.algorithm,
                                "problem": problem.code,
                                "debian_cve_2008_0166": DEBIAN_WEAK_KEYS_NOTE},
-                              "roll the CA over to a new P-256 key (iotrust domain rollover)")
+                              "roll the CA over to a new P-256 key (iotrust ca rollover)")
 
 
 class CaExpiring:
@@ -201,8 +201,8 @@ class CaExpiring:
                           f"{ca.not_after.date().isoformat()}", (ca.id,),
                           {"ca": ca.id, "role": ca.role, "not_after": ca.not_after.isoformat(),
                            "days_left": _days(left)},
-                          "roll the CA over now: issue the successor, re-issue credentials, "
-                          "then retire the old CA")
+                          "roll the CA over now (iotrust ca rollover: the successor issues, "
+                          "devices renew) and retire the old one (iotrust ca retire-old)")
 
 
 class CredentialExpiring:

@@ -1,7 +1,7 @@
 # iotrust — two commands on a fresh Debian/Python 3.11 machine:
 #   make run    install, initialise a trust domain in ./data if there is none, serve (SQLite)
 #   make test   install what the tests need (Debian packages included), lint, type-check, test
-.PHONY: run test lint unit bench venv clean fuzz demo
+.PHONY: run test lint unit bench venv clean fuzz demo soak
 
 DATA ?= data
 HOST ?= 127.0.0.1
@@ -34,6 +34,12 @@ unit: venv
 
 bench: venv
 	.venv/bin/python -m benchmarks.run $(BENCH_ARGS)
+
+# Soak (not in CI): simulated fleet against serve --workers 2 on PostgreSQL, 10 min by default
+# (SOAK_ARGS="--minutes 5 --devices 2000"; --sqlite for a file database). Writes
+# benchmarks/results/soak.json.
+soak: venv
+	.venv/bin/python -m benchmarks.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

@@ -12,6 +12,7 @@ if [ "$mode" = test ]; then
   have mosquitto_pub || need+=(mosquitto-clients)
   have psql || need+=(postgresql-client)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  have chromium || need+=(chromium)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}" >&2

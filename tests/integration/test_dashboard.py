@@ -531,3 +531,35 @@ def test_real_server_smoke(tmp_path: Path) -> None:
         assert client.get("/ui/static/dashboard.css").status_code == 200
         assert client.get("/ui/events/feed?after=0").json()["events"]
     assert stat.S_IMODE((data / KEY_FILE).stat().st_mode) == 0o600
+
+
+# -- audit actions -----------------------------------------------------------------------------
+
+
+def test_audit_suppress_and_mitigate_from_the_ui(ui: Ui) -> None:
+    device = _active(ui)
+    csrf = login(ui.client, ui.toks["operator"])
+    page = ui.client.get("/ui/audit")
+    assert page.status_code == 200
+    assert 'action="/ui/audit/suppress"' in page.text
+    r = ui.client.post("/ui/audit/suppress", data={"csrf": csrf, "check": "dormant-devices",
+                                                   "target": device, "reason": "lab unit"})
+    assert r.status_code == 303, r.text
+    assert "lab unit" in ui.client.get("/ui/audit").text
+    r = ui.client.post("/ui/audit/mitigate", data={"csrf": csrf, "check": "weak-key-storage",
+                                                   "target": device, "action": "quarantine"})
+    assert r.status_code == 303, r.text
+    assert _state(ui, device) is DeviceState.QUARANTINED
+    kinds = _kinds(ui, device)
+    assert "device.quarantined" in kinds
+    # wrong CSRF and an auditor: refused, nothing changes
+    other = next(d for d in ui.ids if d != device and _state(ui, d) is DeviceState.ACTIVE)
+    r = ui.client.post("/ui/audit/mitigate", data={"csrf": "x", "check": "weak-key-storage",
+                                                   "target": other, "action": "quarantine"})
+    assert r.status_code == 403
+    csrf = login(ui.client, ui.toks["auditor"])
+    assert 'action="/ui/audit/suppress"' not in ui.client.get("/ui/audit").text
+    r = ui.client.post("/ui/audit/mitigate", data={"csrf": csrf, "check": "weak-key-storage",
+                                                   "target": other, "action": "quarantine"})
+    assert r.status_code == 403
+    assert _state(ui, other) is DeviceState.ACTIVE

@@ -535,6 +535,7 @@ def _audit_routes(r: APIRouter, ui: _Dashboard) -> None:
     Findings themselves come from running the audit (``iotrust audit``, on a schedule); the page
     shows what the recorded runs found and what operators accepted, and does not run checks.
     """
+    from iotrust.core import audit_checks  # noqa: PLC0415 - optional service
     from iotrust.services import audit  # noqa: PLC0415 - optional service
 
     state = ui.state
@@ -547,7 +548,37 @@ def _audit_routes(r: APIRouter, ui: _Dashboard) -> None:
         except IotrustError as exc:
             raise UiRefusal.of(exc) from None
         return ui.page("audit.html", who, runs=runs, suppressions=suppressions,
-                       now=state.clock.now())
+                       now=state.clock.now(), checks=[c.id for c in audit_checks.ALL_CHECKS],
+                       mitigations=audit.MITIGATIONS, done=None)
+
+    @r.post("/audit/suppress")
+    def suppress(request: Request, csrf: CsrfField = "",
+                 check: Annotated[str, Form(max_length=64)] = "",
+                 target: Annotated[str, Form(max_length=200)] = "",
+                 reason: Annotated[str, Form(max_length=200)] = "") -> Response:
+        who = ui.check_post(request, csrf)
+        if not reason.strip():
+            raise UiRefusal(400, "say why the finding is accepted")
+        try:
+            audit.suppress(state.db, state.clock, check, target.strip(), reason=reason.strip(),
+                           actor=who.actor)
+        except IotrustError as exc:
+            raise UiRefusal.of(exc) from None
+        return ui.redirect("/ui/audit")
+
+    @r.post("/audit/mitigate")
+    def mitigate(request: Request, csrf: CsrfField = "",
+                 check: Annotated[str, Form(max_length=64)] = "",
+                 target: Annotated[str, Form(max_length=200)] = "",
+                 action: Annotated[str, Form(max_length=32)] = "") -> Response:
+        who = ui.check_post(request, csrf)
+        try:
+            with ui.broker() as broker:
+                audit.mitigate(state.db, state.clock, check, target.strip(), action=action,
+                               actor=who.actor, broker=broker)
+        except IotrustError as exc:
+            raise UiRefusal.of(exc) from None
+        return ui.redirect("/ui/audit")
 
 
 def _rollout_routes(r: APIRouter, ui: _Dashboard) -> None:

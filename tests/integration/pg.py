@@ -27,8 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-import pytest
 from sqlalchemy.engine import make_url
+from tests.conftest import missing_component
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "postgres.sh"
 ENV_URL = "IOTRUST_TEST_POSTGRES_URL"
@@ -39,9 +39,7 @@ _state: dict[str, str] = {}
 
 def _unavailable(problem: str) -> None:
     """Skip the calling test without PostgreSQL; fail instead when ``CI=true``."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"PostgreSQL is required in CI: {problem}")
-    pytest.skip(f"PostgreSQL not available: {problem}")
+    missing_component(f"PostgreSQL ({problem})")
 
 
 def _libpq(url: str) -> str:

@@ -45,11 +45,13 @@ from iotrust.adapters.tuf.repository import (
     HASH_ALGORITHM,
     METADATA_NAME_RE,
     SignerSource,
+    current_root_version,
     dump,
     locked,
     new_root,
     newest_root_version,
     read_metadata,
+    read_root,
     rotate_root_keys,
     sign_with,
     write_file,
@@ -120,18 +122,11 @@ class Director:
 
     def root_version(self) -> int:
         """The newest root version."""
-        version = newest_root_version(self.metadata_dir)
-        if version == 0:
-            raise NotFoundError("no director here", reason="updates_not_initialised")
-        return version
+        return current_root_version(self.metadata_dir, "no director here")
 
     def root_bytes(self, version: int | None = None) -> bytes:
         """Root ``version`` (default: newest) as served."""
-        v = version or self.root_version()
-        try:
-            return (self.metadata_dir / f"{v}.root.json").read_bytes()
-        except FileNotFoundError:
-            raise NotFoundError(f"no root version {v}", reason="metadata_missing") from None
+        return read_root(self.metadata_dir, version or self.root_version())
 
     def device_version(self, device_id: str) -> int:
         """The current version of ``device_id``'s director state (0: never published)."""

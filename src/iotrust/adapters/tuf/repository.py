@@ -174,6 +174,22 @@ def newest_root_version(metadata_dir: Path) -> int:
     return max(versions, default=0)
 
 
+def current_root_version(metadata_dir: Path, missing: str) -> int:
+    """The newest root version in ``metadata_dir``; ``NotFoundError(missing)`` if there is none."""
+    version = newest_root_version(metadata_dir)
+    if version == 0:
+        raise NotFoundError(missing, reason="updates_not_initialised")
+    return version
+
+
+def read_root(metadata_dir: Path, version: int) -> bytes:
+    """The served bytes of root ``version``; ``NotFoundError(metadata_missing)`` if absent."""
+    try:
+        return (metadata_dir / f"{version}.root.json").read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"no root version {version}", reason="metadata_missing") from None
+
+
 def new_root(signers: SignerSource, thresholds: Mapping[str, int], roles: Sequence[str],
              expires: datetime) -> Metadata[Root]:
     """A version-1 root for ``roles`` (keys from ``signers``, consistent snapshots on)."""
@@ -247,18 +263,11 @@ class ImageRepository:
 
     def root_version(self) -> int:
         """The newest root version."""
-        version = newest_root_version(self.metadata_dir)
-        if version == 0:
-            raise NotFoundError("no image repository here", reason="updates_not_initialised")
-        return version
+        return current_root_version(self.metadata_dir, "no image repository here")
 
     def root_bytes(self, version: int | None = None) -> bytes:
         """The bytes of root ``version`` (default: the newest), as served."""
-        v = version or self.root_version()
-        try:
-            return (self.metadata_dir / f"{v}.root.json").read_bytes()
-        except FileNotFoundError:
-            raise NotFoundError(f"no root version {v}", reason="metadata_missing") from None
+        return read_root(self.metadata_dir, version or self.root_version())
 
     def root(self) -> Metadata[Root]:
         """The newest root metadata."""

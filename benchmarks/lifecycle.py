@@ -7,10 +7,15 @@
 * ``lifecycle.crl_build`` — building, signing and verifying one CRL with 100,000 revoked
   certificates (quick: 10,000): time and DER/PEM size, the core operation behind every
   ``publish_crls``.
-* ``lifecycle.retire_to_refused`` — from ``retire_many([device])`` (registry transition, CRL
-  published, verified and installed, reload, rules, kick) to (a) the device's live session being
-  cut and (b) its next TLS handshake being refused, with the other devices connected to a real
-  Mosquitto over mTLS (full: 200 devices, 20 runs; quick: 20 devices, 5 runs).
+* ``lifecycle.retire_to_*`` — from ``iotrust retire DEVICE`` (``services.broker.retire``:
+  registry transition, CRL published, verified and installed, reload, rules, kick) to (a) the
+  device's live session being cut and (b) a fresh TLS handshake with its certificate being
+  refused (probed until refused; handshakes accepted after the command returned are counted and
+  must be 0), with the other devices connected to a real Mosquitto over mTLS, and the number of
+  *other* devices that lost their session (must be 0). The devices are held by the containment
+  benchmark's kind of worker processes (``PER_PROCESS`` paho clients each, one loop thread per
+  session); ``RLIMIT_NOFILE`` is raised to its hard limit first (Mosquitto inherits it). Full:
+  1,000 devices, 40 runs; quick: 100 devices, 5 runs.
 
 ``run(quick)`` returns rows ``{name, n, ..., extra}``; ``python -m benchmarks.lifecycle
 [--quick]`` prints them.
@@ -19,15 +24,22 @@
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
+import random
+import resource
 import shutil
+import ssl
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from benchmarks.contain import PER_PROCESS
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -98,51 +110,190 @@ def _crl(quick: bool) -> dict[str, Any]:
                                              "serials": "152-bit random"}}
 
 
-def _retire(quick: bool) -> list[dict[str, Any]]:
+def _raise_fd_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (inherited by Mosquitto and workers)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65_536)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _retire_worker(conn: Any, port: int, ca: str,  # noqa: C901, PLR0915
+                   idents: list[tuple[str, str, str]]) -> None:
+    """Hold ``idents`` connected (one paho loop thread each); report cuts and lost sessions.
+
+    ``("arm", name)``: the next disconnect of ``name`` is the one being measured (its time is
+    kept, and the client stops reconnecting: a retired device is probed from outside).
+    """
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    _raise_fd_limit()
+    lock = threading.Lock()
+    state: dict[str, Any] = {"armed": None, "cut": None, "lost": 0, "retired": set()}
+    cut_event = threading.Event()
+    clients: dict[str, Any] = {}
+
+    def make(name: str, cert: str, key: str) -> Any:
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.load_cert_chain(cert, key)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+        c.tls_set_context(ctx)
+        c.reconnect_delay_set(min_delay=1, max_delay=1)
+
+        def on_disconnect(client: Any, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
+            now = time.monotonic()
+            with lock:
+                if state["armed"] == name:
+                    if state["cut"] is None:
+                        state["cut"] = now
+                        cut_event.set()
+                    state["retired"].add(name)
+                    client.disconnect()  # no reconnect: the probe measures refusal
+                elif name not in state["retired"]:
+                    state["lost"] += 1
+
+        c.on_disconnect = on_disconnect
+        return c
+
+    for name, cert, key in idents:
+        c = make(name, cert, key)
+        c.connect("localhost", port, keepalive=300)
+        c.loop_start()
+        clients[name] = c
+    deadline = time.monotonic() + 300
+    while not all(c.is_connected() for c in clients.values()):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    conn.send(("ready", sum(c.is_connected() for c in clients.values())))
+    while True:
+        msg = conn.recv()
+        if msg[0] == "arm":
+            with lock:
+                state["armed"], state["cut"] = msg[1], None
+                cut_event.clear()
+            conn.send(("armed",))
+        elif msg[0] == "cut":
+            cut_event.wait(msg[1])
+            with lock:
+                conn.send(("cut", state["cut"]))
+        elif msg[0] == "stop":
+            with lock:
+                lost = state["lost"]
+                connected = sum(c.is_connected() for n, c in clients.items()
+                                if n not in state["retired"])
+            for c in clients.values():
+                c.disconnect()
+                c.loop_stop()
+            conn.send(("stopped", lost, connected))
+            return
+
+
+def _probe_until_refused(tb: Any, ident: Any, deadline: float) -> tuple[float | None, int]:
+    """Fresh mTLS handshakes as ``ident`` until one is refused: (time refused, accepted before)."""
+    accepted = 0
+    while time.monotonic() < deadline:
+        probe = tb.client(ident)
+        ok = probe.connect()
+        at = time.monotonic()
+        probe.close()
+        tb.clients.remove(probe)
+        if not ok:
+            return at, accepted
+        accepted += 1
+    return None, accepted
+
+
+def _retire(quick: bool) -> list[dict[str, Any]]:  # noqa: PLR0915
     from tests.integration.mqtt import build_testbed  # noqa: PLC0415
 
     from iotrust.core.lifecycle import RetirementReason  # noqa: PLC0415
-    from iotrust.services import retirement  # noqa: PLC0415
+    from iotrust.services import broker as broker_svc  # noqa: PLC0415
 
-    devices, runs = (20, 5) if quick else (200, 20)
+    devices, runs = (100, 5) if quick else (1000, 40)
+    nofile = _raise_fd_limit()
+    if nofile < 3 * devices:
+        raise RuntimeError(f"RLIMIT_NOFILE {nofile} is too low for {devices} devices")
     base = Path(tempfile.mkdtemp(prefix="iotrust-retire-"))
     cut: list[float] = []
     refused: list[float] = []
-    others_lost = 0
+    command: list[float] = []
+    steps: dict[str, list[float]] = {}
+    others_lost, still, accepted_after, failures = 0, 0, 0, 0
     try:
+        t_build = time.perf_counter()
         tb = build_testbed(base, devices=devices)
+        build_s = time.perf_counter() - t_build
         with tb.running() as broker:
-            clients = {d.name: tb.client(d) for d in tb.devices}
-            if not all(c.connect() for c in clients.values()):
-                raise RuntimeError("not every device connected")
+            ctx = mp.get_context("spawn")
+            groups = [tb.devices[i:i + PER_PROCESS] for i in range(0, devices, PER_PROCESS)]
+            workers, owner = [], {}
+            for gi, group in enumerate(groups):
+                parent, child = ctx.Pipe()
+                idents = [(d.name, str(d.cert), str(d.key)) for d in group]
+                p = ctx.Process(target=_retire_worker, daemon=True,
+                                args=(child, broker.settings.port, str(broker.layout.ca), idents))
+                p.start()
+                workers.append((p, parent))
+                owner.update({d.name: gi for d in group})
+            t_conn = time.perf_counter()
+            ready = sum(parent.recv()[1] for _, parent in workers)
+            connect_s = time.perf_counter() - t_conn
+            if ready != devices:
+                raise RuntimeError(f"only {ready}/{devices} devices connected")
+            targets = random.Random(11).sample(tb.devices, runs)
             db = tb.db()
             try:
-                for ident in tb.devices[:runs]:
-                    c = clients[ident.name]
+                for ident in targets:
+                    conn = workers[owner[ident.name]][1]
+                    conn.send(("arm", ident.name))
+                    conn.recv()
                     t0 = time.monotonic()
-                    retirement.retire_many(db, tb.settings, tb.fleet.secrets, tb.clock,
-                                           device_ids=[ident.name],
-                                           reason=RetirementReason.DECOMMISSIONED,
-                                           actor="bench@lifecycle", broker=broker)
-                    if c.wait(lambda c=c: bool(c.disconnects), 10.0):
-                        cut.append((time.monotonic() - t0) * 1000)
-                    probe = tb.client(ident)
-                    if not probe.connect():
-                        refused.append((time.monotonic() - t0) * 1000)
-                    probe.close()
+                    result = broker_svc.retire(db, tb.settings, tb.fleet.secrets, tb.clock,
+                                               ident.name, broker=broker,
+                                               reason=RetirementReason.DECOMMISSIONED,
+                                               actor="bench@lifecycle")
+                    command.append((time.monotonic() - t0) * 1000)
+                    for k, v in result.timings_ms.items():
+                        steps.setdefault(k, []).append(v)
+                    at, accepted = _probe_until_refused(tb, ident, t0 + 10)
+                    accepted_after += accepted
+                    conn.send(("cut", 10.0))
+                    _, cut_at = conn.recv()
+                    if at is None or cut_at is None:
+                        failures += 1
+                        continue
+                    refused.append((at - t0) * 1000)
+                    cut.append((cut_at - t0) * 1000)
             finally:
                 db.close()
-            others_lost = sum(1 for d in tb.devices[runs:] if clients[d.name].disconnects)
+            for p, parent in workers:
+                parent.send(("stop",))
+                _, worker_lost, connected = parent.recv()
+                others_lost += worker_lost
+                still += connected
+                p.join(10)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    extra = {"devices": devices, "runs": runs, "other_devices_lost_session": others_lost,
-             "target_ms": {"p99": 2000}}
+    extra = {"devices": devices, "processes": len(groups), "runs": runs, "failures": failures,
+             "other_devices_lost_session": others_lost,
+             "others_connected_at_end": still, "expected_connected_at_end": devices - runs,
+             "handshakes_accepted_after_retire_returned": accepted_after,
+             "command_p50_ms": round(statistics.median(command), 1) if command else None,
+             "command_p99_ms": round(_pct(command, 0.99), 1) if command else None,
+             "command_steps_p50_ms": {k: round(statistics.median(v), 2)
+                                      for k, v in steps.items()},
+             "setup_s": {"build": round(build_s, 1), "connect": round(connect_s, 1)},
+             "rlimit_nofile": nofile, "target_ms": {"p99": 2000}}
     rows = []
     for name, values in (("lifecycle.retire_to_session_cut", cut),
                          ("lifecycle.retire_to_refused_handshake", refused)):
         rows.append({"name": name, "n": len(values),
                      "p50_ms": round(statistics.median(values), 1) if values else None,
                      "p99_ms": round(_pct(values, 0.99), 1) if values else None,
+                     "max_ms": round(max(values), 1) if values else None,
                      "extra": extra})
     return rows
 

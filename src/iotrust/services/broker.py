@@ -230,15 +230,19 @@ def _crl_ok(pem: bytes | None, ca_pem: bytes, clock: Clock, threshold: timedelta
     return True
 
 
-def _lists_every_revocation(db: Database, pem: bytes | None) -> bool:
+def _lists_every_revocation(db: Database, clock: Clock, pem: bytes | None) -> bool:
     """Whether ``pem`` lists every credential the registry says is revoked (live issuing CAs).
+
+    Credentials long expired are not expected (:func:`iotrust.core.pki.expired_entry_cutoff`):
+    a CRL signed earlier lists a superset of what one signed now would.
 
     A process that died between a revocation's commit and the CRL publication (or between the
     per-CA files and the bundle) leaves a CRL that verifies and is fresh but misses serials.
     """
+    cutoff = pki.expired_entry_cutoff(clock.now())  # what a CRL signed now would list
     with db.transaction(readonly=True) as tx:
         revoked = {int(serial, 16) for ca in tx.list_cas(role="issuing") if ca.state != "retired"
-                   for serial, _, _ in tx.revoked_serials(ca.id)}
+                   for serial, _, _ in tx.revoked_serials(ca.id, not_after_from=cutoff)}
     if not revoked:
         return True
     if not pem:
@@ -260,7 +264,7 @@ def ensure_published_crls(db: Database, settings: Settings, secrets: Secrets, cl
     published_path = settings.crl_dir / "all.crl.pem"
     published = published_path.read_bytes() if published_path.exists() else None
     if _crl_ok(published, ca_bundle(db), clock, threshold) \
-            and _lists_every_revocation(db, published):
+            and _lists_every_revocation(db, clock, published):
         return False
     credentials.publish_crls(db, settings, secrets, clock, actor=BROKER_SERVICE_NAME)
     return True
@@ -286,7 +290,7 @@ def refresh_crl_if_due(db: Database, settings: Settings, secrets: Secrets, clock
                and _crl_ok(installed, ca_pem, clock, threshold))
     if due and _crl_ok(published, ca_pem, clock, threshold):
         due = False  # only the installed copy is stale: install, no need to re-sign
-    if not due and not _lists_every_revocation(db, published):
+    if not due and not _lists_every_revocation(db, clock, published):
         due = True  # a revocation committed but never published (the process died between)
     if due:
         credentials.publish_crls(db, settings, secrets, clock, actor=BROKER_SERVICE_NAME)

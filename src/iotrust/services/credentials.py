@@ -133,12 +133,17 @@ def revoke_credential(tx: Tx, clock: Clock, serial_hex: str, *, reason: str, act
 
 def build_crl_for(tx: Tx, secrets: Secrets, ca: CertificateAuthority, now: datetime,
                   validity: timedelta = CRL_VALIDITY) -> x509.CertificateRevocationList:
-    """Build and verify a fresh CRL of ``ca`` from the registry within ``tx``."""
+    """Build and verify a fresh CRL of ``ca`` from the registry within ``tx``.
+
+    Credentials that expired more than :data:`iotrust.core.pki.EXPIRED_ENTRY_MARGIN` before
+    ``now`` are left out (refused by their validity period everywhere).
+    """
     ca_cert = pki.load_certificate(ca.certificate_pem.encode())
     entries = [
         pki.RevokedEntry(serial_number=int(serial_hex, 16), revoked_at=at,
                          reason=_REASONS.get(reason or "", x509.ReasonFlags.unspecified))
-        for serial_hex, at, reason in tx.revoked_serials(ca.id)
+        for serial_hex, at, reason in tx.revoked_serials(
+            ca.id, not_after_from=pki.expired_entry_cutoff(now))
     ]
     number = tx.next_crl_number(ca.id)
     crl = pki.build_crl(secrets.open(ca.key_ref), ca_cert, entries, crl_number=number,

@@ -1012,6 +1012,33 @@ class TestCrl:
         pki.check_crl(crl, issuing, NOW)
         pki.check_crl(crl, issuing, NOW + DAY)
 
+    def test_expired_entries_leave_after_the_margin(
+        self, issuing: x509.Certificate, issuing_signer: SoftSigner
+    ) -> None:
+        margin = pki.EXPIRED_ENTRY_MARGIN
+        assert margin >= timedelta(days=7)  # at least one whole CRL lifetime
+        entries = [
+            pki.RevokedEntry(1, NOW - YEAR),  # no notAfter known: listed for ever
+            pki.RevokedEntry(2, NOW - YEAR, not_after=NOW + DAY),  # still valid
+            pki.RevokedEntry(3, NOW - YEAR, not_after=NOW - DAY),  # expired, within the margin
+            pki.RevokedEntry(4, NOW - YEAR, not_after=NOW - margin),  # exactly at the cutoff
+            pki.RevokedEntry(5, NOW - YEAR, not_after=NOW - margin - timedelta(seconds=1)),
+        ]
+        crl = pki.build_crl(
+            issuing_signer, issuing, entries, crl_number=1, this_update=NOW, next_update=NOW + DAY
+        )
+        assert {e.serial_number for e in crl} == {1, 2, 3, 4}
+        assert pki.expired_entry_cutoff(NOW) == NOW - margin
+        kept = pki.build_crl(
+            issuing_signer, issuing, entries, crl_number=2, this_update=NOW,
+            next_update=NOW + DAY, expired_entry_margin=YEAR,
+        )
+        assert len(kept) == 5
+        with pytest.raises(TypeError):
+            pki.RevokedEntry(6, NOW, not_after=NOW.replace(tzinfo=None))
+        with pytest.raises(ValueError):
+            pki.expired_entry_cutoff(NOW, -DAY)
+
     def _crl(
         self, signer: Signer, ca: x509.Certificate, **kw: object
     ) -> x509.CertificateRevocationList:

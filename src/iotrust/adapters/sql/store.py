@@ -1182,13 +1182,20 @@ class Tx:
         raise ConflictError(f"credential {serial_hex} is {current.state.value}",
                             reason="concurrent_update")
 
-    def revoked_serials(self, issuer_ca_id: str) -> list[tuple[str, datetime, str | None]]:
-        """``(serial_hex, revoked_at, reason)`` of every revoked credential of a CA (for CRLs)."""
+    def revoked_serials(self, issuer_ca_id: str, *, not_after_from: datetime | None = None,
+                        ) -> list[tuple[str, datetime, str | None]]:
+        """``(serial_hex, revoked_at, reason)`` of every revoked credential of a CA (for CRLs).
+
+        ``not_after_from`` leaves out the credentials that expired before it (see
+        :func:`iotrust.core.pki.expired_entry_cutoff`).
+        """
         t = s.credentials
         stmt = (select(t.c.serial_number, t.c.revoked_at, t.c.revocation_reason)
                 .where(t.c.issuer_ca_id == issuer_ca_id,
                        t.c.state == CredentialState.REVOKED.value)
                 .order_by(t.c.revoked_at, t.c.serial_number))
+        if not_after_from is not None:
+            stmt = stmt.where(t.c.not_after >= not_after_from)
         return [(r[0], r[1], r[2]) for r in self._exec(stmt)]
 
     # -- keys seen ---------------------------------------------------------------------------

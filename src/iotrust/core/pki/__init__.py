@@ -10,7 +10,8 @@ The public surface of the PKI core:
   ``issue_*`` functions for device (LDevID), service, factory (IDevID) and voucher-signing
   certificates, :func:`read_factory_identity`, :func:`new_serial_number`;
 * requests: :func:`build_csr` (any signer) and :func:`check_csr`;
-* revocation: :class:`RevokedEntry`, :func:`build_crl`, :func:`check_crl`, :func:`is_revoked`;
+* revocation: :class:`RevokedEntry`, :func:`build_crl`, :func:`check_crl`, :func:`is_revoked`,
+  :func:`expired_entry_cutoff`;
 * path validation: :func:`verify_chain`.
 
 Only ECDSA P-256 with SHA-256 is issued. Time, randomness and serial numbers come from the
@@ -21,7 +22,15 @@ to obtain to-be-signed bytes for external signers.
 from __future__ import annotations
 
 from iotrust.core.pki._chain import MAX_INTERMEDIATES, verify_chain
-from iotrust.core.pki._crl import MAX_CRL_ENTRIES, RevokedEntry, build_crl, check_crl, is_revoked
+from iotrust.core.pki._crl import (
+    EXPIRED_ENTRY_MARGIN,
+    MAX_CRL_ENTRIES,
+    RevokedEntry,
+    build_crl,
+    check_crl,
+    expired_entry_cutoff,
+    is_revoked,
+)
 from iotrust.core.pki._csr import check_csr
 from iotrust.core.pki._encoding import (
     MAX_BUNDLE_CERTIFICATES,
@@ -67,6 +76,7 @@ from iotrust.core.pki._signing import sign_builder
 __all__ = [
     "DEVICE",
     "DEVICE_URN_PREFIX",
+    "EXPIRED_ENTRY_MARGIN",
     "FACTORY",
     "IOTRUST_OID_ARC",
     "ISSUING_CA",
@@ -93,6 +103,7 @@ __all__ = [
     "check_crl",
     "check_csr",
     "check_vendor_product",
+    "expired_entry_cutoff",
     "is_revoked",
     "issue_device_certificate",
     "issue_factory_certificate",

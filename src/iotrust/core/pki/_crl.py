@@ -5,13 +5,22 @@ A CRL we publish always carries an authority key identifier and a CRL number, an
 certificate once it has passed, so re-signing on time is the publisher's job. This module
 does not fetch, store or publish CRLs, and does not pick the CRL number (the caller keeps the
 counter).
+
+Expired entries leave the CRL (RFC 5280 §3.3 and §5: an entry may go once it has appeared on a
+regularly scheduled CRL issued beyond the certificate's validity period). An entry that knows its
+certificate's ``notAfter`` is dropped by :func:`build_crl` only when ``notAfter`` is more than
+:data:`EXPIRED_ENTRY_MARGIN` before the new CRL's ``thisUpdate``: one full CRL lifetime (a CRL
+issued in between is guaranteed, otherwise the previous one lapsed and every certificate was
+refused) plus a day of clock skew. A relying party that holds a CRL without the entry has a
+clock past that CRL's ``thisUpdate`` (a CRL from the future is not valid yet), so past the
+certificate's ``notAfter``: the certificate is refused as expired instead of as revoked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -31,20 +40,40 @@ _CRL_SIGNING_KEYS = (
 
 #: Upper bound on the entries of one CRL we build.
 MAX_CRL_ENTRIES = 1_000_000
+#: How long past its certificate's notAfter an entry stays listed: the longest CRL lifetime we
+#: publish (7 days) plus one day of clock skew.
+EXPIRED_ENTRY_MARGIN = timedelta(days=8)
+
+
+def expired_entry_cutoff(this_update: datetime,
+                         margin: timedelta = EXPIRED_ENTRY_MARGIN) -> datetime:
+    """A CRL issued at ``this_update`` lists the revoked certificates with notAfter >= this."""
+    if this_update.tzinfo is None:
+        raise TypeError("this_update must be timezone-aware")
+    if margin < timedelta(0):
+        raise ValueError("the margin cannot be negative")
+    return this_update - margin
 
 
 @dataclass(frozen=True, slots=True)
 class RevokedEntry:
-    """One revoked certificate: its serial number, when, and optionally why."""
+    """One revoked certificate: its serial number, when, optionally why and its notAfter.
+
+    ``not_after`` (the certificate's) lets :func:`build_crl` drop the entry once it expired;
+    ``None`` keeps it listed for ever.
+    """
 
     serial_number: int
     revoked_at: datetime
     reason: x509.ReasonFlags | None = None
+    not_after: datetime | None = None
 
     def __post_init__(self) -> None:
         check_serial_number(self.serial_number)
         if self.revoked_at.tzinfo is None:
             raise TypeError("revoked_at must be timezone-aware")
+        if self.not_after is not None and self.not_after.tzinfo is None:
+            raise TypeError("not_after must be timezone-aware")
         if self.reason is not None and not isinstance(self.reason, x509.ReasonFlags):
             raise TypeError("reason must be an x509.ReasonFlags")
         if self.reason is x509.ReasonFlags.remove_from_crl:
@@ -59,8 +88,12 @@ def build_crl(
     crl_number: int,
     this_update: datetime,
     next_update: datetime,
+    expired_entry_margin: timedelta = EXPIRED_ENTRY_MARGIN,
 ) -> x509.CertificateRevocationList:
     """A CRL of ``ca_cert`` listing ``revoked``, signed by ``ca_signer``.
+
+    Entries whose ``not_after`` is before :func:`expired_entry_cutoff` (``this_update`` minus
+    ``expired_entry_margin``) are left out.
 
     Raises:
         InputError: ``not_a_ca`` / ``ca_signer_mismatch`` (see :class:`IssuingContext`),
@@ -74,6 +107,7 @@ def build_crl(
         raise InputError("nextUpdate must be after thisUpdate", reason="invalid_crl_window")
     if isinstance(crl_number, bool) or not 0 <= crl_number <= MAX_SERIAL_NUMBER:
         raise InputError("CRL number must be in 0..2**159-1", reason="invalid_crl_number")
+    cutoff = expired_entry_cutoff(this_update, expired_entry_margin)
     seen: set[int] = set()
     entries: list[x509.RevokedCertificate] = []
     for entry in revoked:
@@ -82,6 +116,8 @@ def build_crl(
         seen.add(entry.serial_number)
         if len(seen) > MAX_CRL_ENTRIES:
             raise InputError("too many revoked certificates", reason="too_large")
+        if entry.not_after is not None and entry.not_after < cutoff:
+            continue  # expired long enough: refused by its validity period everywhere
         revoked_builder = (
             x509.RevokedCertificateBuilder()
             .serial_number(entry.serial_number)

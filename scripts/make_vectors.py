@@ -62,6 +62,7 @@ SERIAL = "SN-0001"
 VENDOR, PRODUCT = "acme", "sensor1"
 SERVER_ID = "iotrust.example"
 OWNER = "example-owner"
+KEY_STORAGE = "secure_element"  # the happy path's device states where its keys live
 DEVICE_NONCE = bytes(range(32))
 SESSION_ID = bytes(range(0x40, 0x50))
 SERVER_NONCE = bytes(range(0x80, 0xA0))
@@ -258,11 +259,14 @@ def attest_response(world: World, cert: x509.Certificate,
                             update_root=UPDATE_ROOT, policy=POLICY, confirm_by=CONFIRM_BY)
 
 
-def run_onboarding(world: World) -> dict[str, object]:
-    """Both sides, in pure code, from hello to confirm; returns every intermediate value."""
+def run_onboarding(world: World, *, key_storage: str | None = KEY_STORAGE) -> dict[str, object]:
+    """Both sides, in pure code, from hello to confirm; returns every intermediate value.
+
+    ``key_storage`` is the hello's key-storage claim (``None``: a hello without the field).
+    """
     out: dict[str, object] = {}
     hello = build_hello(serial=world.kit.serial, factory_chain=world.kit.chain,
-                        random=fixed_random(DEVICE_NONCE))
+                        random=fixed_random(DEVICE_NONCE), key_storage=key_storage)
     hello = m.HelloRequest.from_wire(hello.to_wire())
     decision = check_hello(hello, now=T0, device=world.device, manufacturer=world.trust,
                            voucher=decode_voucher(world.voucher), owner=world.domain.owner,
@@ -281,7 +285,7 @@ def run_onboarding(world: World) -> dict[str, object]:
     adecision = check_attest(attest, session=record, now=T0 + timedelta(seconds=1),
                              server_id=SERVER_ID, factory_public_key=decision.factory_public_key,
                              voucher_sha256=decision.voucher_sha256, nonce_consumed_ok=True,
-                             known_key=lambda _spki: False)
+                             known_key=lambda _spki: False, key_storage=hello.key_storage)
     cert = issue(world, adecision.csr_public_key)
     attest_resp = m.AttestResponse.from_wire(attest_response(world, cert).to_wire())
     onboarded = accept_attest_response(attest_resp, session=dsession,
@@ -313,7 +317,8 @@ def _happy(world: World) -> dict[str, object]:
     assert isinstance(csr, bytes)
     at = attest_transcript(session_id=SESSION_ID, server_nonce=SERVER_NONCE,
                            device_nonce=DEVICE_NONCE, serial=SERIAL, server_id=SERVER_ID,
-                           csr_sha256=sha256(csr), voucher_sha256=sha256(world.voucher))
+                           csr_sha256=sha256(csr), voucher_sha256=sha256(world.voucher),
+                           key_storage=KEY_STORAGE)
     ct = confirm_transcript(session_id=SESSION_ID, server_nonce=SERVER_NONCE,
                             certificate_sha256=sha256(der(cert)))
     wire = {name: getattr(run[name], "to_wire")().decode("utf-8")  # noqa: B009
@@ -331,6 +336,7 @@ def _happy(world: World) -> dict[str, object]:
             "server_id": SERVER_ID,
             "device_id": world.device.id,
             "device_nonce_hex": DEVICE_NONCE.hex(),
+            "key_storage": KEY_STORAGE,
             "session_id_hex": SESSION_ID.hex(),
             "server_nonce_hex": SERVER_NONCE.hex(),
             "manufacturer_root_der_b64url": b64(der(world.maker.root)),
@@ -361,21 +367,28 @@ def _happy(world: World) -> dict[str, object]:
 
 def _transcripts() -> dict[str, object]:
     cases = []
-    for name, serial, server_id in (
-        ("short strings", "A", "s"),
-        ("23-byte serial (last one-byte head)", "S" * 23, SERVER_ID),
-        ("24-byte serial (two-byte head 0x78 0x18)", "S" * 24, SERVER_ID),
-        ("64-byte serial and server id", "Z" * 64, "x" * 64),
+    for name, serial, server_id, storage in (
+        ("short strings", "A", "s", None),
+        ("23-byte serial (last one-byte head)", "S" * 23, SERVER_ID, None),
+        ("24-byte serial (two-byte head 0x78 0x18)", "S" * 24, SERVER_ID, None),
+        ("64-byte serial and server id", "Z" * 64, "x" * 64, None),
+        ("key_storage file (9 elements)", "S" * 24, SERVER_ID, "file"),
+        ("key_storage pkcs11 (9 elements)", SERIAL, SERVER_ID, "pkcs11"),
+        ("key_storage secure_element (9 elements)", SERIAL, SERVER_ID, "secure_element"),
     ):
         t = attest_transcript(session_id=bytes(16), server_nonce=bytes([0xFF]) * 32,
                               device_nonce=bytes([0x01]) * 32, serial=serial,
                               server_id=server_id, csr_sha256=sha256(b"csr"),
-                              voucher_sha256=sha256(b""))
-        cases.append({"kind": "attest", "name": name, "session_id_hex": bytes(16).hex(),
-                      "server_nonce_hex": (bytes([0xFF]) * 32).hex(),
-                      "device_nonce_hex": (bytes([0x01]) * 32).hex(), "serial": serial,
-                      "server_id": server_id, "csr_sha256_hex": sha256(b"csr").hex(),
-                      "voucher_sha256_hex": sha256(b"").hex(), "cbor_hex": t.hex()})
+                              voucher_sha256=sha256(b""), key_storage=storage)
+        case: dict[str, object] = {
+            "kind": "attest", "name": name, "session_id_hex": bytes(16).hex(),
+            "server_nonce_hex": (bytes([0xFF]) * 32).hex(),
+            "device_nonce_hex": (bytes([0x01]) * 32).hex(), "serial": serial,
+            "server_id": server_id, "csr_sha256_hex": sha256(b"csr").hex(),
+            "voucher_sha256_hex": sha256(b"").hex(), "cbor_hex": t.hex()}
+        if storage is not None:
+            case["key_storage"] = storage
+        cases.append(case)
     t = confirm_transcript(session_id=SESSION_ID, server_nonce=SERVER_NONCE,
                            certificate_sha256=sha256(b"certificate"))
     cases.append({"kind": "confirm", "name": "fixed values", "session_id_hex": SESSION_ID.hex(),
@@ -431,6 +444,16 @@ def _malformed(world: World) -> dict[str, object]:
         ("hello_request", "float number", hello.replace(b'"version":1', b'"version":1.0')),
         ("hello_request", "duplicate key", hello[:-1] + b',"version":1}'),
         ("hello_request", "over 64 KiB", b'{"pad":"' + b"a" * 65536 + b'"}'),
+        ("hello_request", "key_storage unknown (absent means unknown)",
+         _mutate(hello, key_storage="unknown")),
+        ("hello_request", "key_storage outside the vocabulary",
+         _mutate(hello, key_storage="trustzone")),
+        ("hello_request", "key_storage upper case", _mutate(hello, key_storage="PKCS11")),
+        ("hello_request", "key_storage empty", _mutate(hello, key_storage="")),
+        ("hello_request", "key_storage null", _mutate(hello, key_storage=None)),
+        ("hello_request", "key_storage not a string", _mutate(hello, key_storage=["file"])),
+        ("hello_request", "key_storage over 16 characters",
+         _mutate(hello, key_storage="secure_element_x1")),
         ("hello_response", "expires_at with offset",
          _mutate(hresp, expires_at="2026-01-01T12:01:00+00:00")),
         ("hello_response", "session_id 15 bytes", _mutate(hresp, session_id=b64(bytes(15)))),

@@ -288,7 +288,7 @@ def attest_args(world: Any, run: dict[str, Any], **changes: object) -> dict[str,
         "session": run["record"], "now": T0 + timedelta(seconds=1), "server_id": mv.SERVER_ID,
         "factory_public_key": world.kit.factory_key.public_key,
         "voucher_sha256": sha256(world.voucher), "nonce_consumed_ok": True,
-        "known_key": lambda _spki: False,
+        "known_key": lambda _spki: False, "key_storage": run["hello"].key_storage,
     }
     args.update(changes)
     return args
@@ -301,7 +301,8 @@ def signed_attest(world: Any, run: dict[str, Any], *, csr: bytes | None = None,
     fields: dict[str, Any] = {
         "session_id": mv.SESSION_ID, "server_nonce": mv.SERVER_NONCE,
         "device_nonce": mv.DEVICE_NONCE, "serial": mv.SERIAL, "server_id": mv.SERVER_ID,
-        "csr_sha256": sha256(csr), "voucher_sha256": sha256(world.voucher)}
+        "csr_sha256": sha256(csr), "voucher_sha256": sha256(world.voucher),
+        "key_storage": mv.KEY_STORAGE}
     fields.update(tamper)
     key = signer or world.kit.factory_key
     return m.AttestRequest(session_id=mv.SESSION_ID, serial=mv.SERIAL,
@@ -389,12 +390,12 @@ def test_attest_replay_with_the_same_nonce(world: Any, run: dict[str, Any]) -> N
 
 
 @pytest.mark.parametrize("field", ["session_id", "server_nonce", "device_nonce", "serial",
-                                   "server_id", "csr_sha256", "voucher_sha256"])
+                                   "server_id", "csr_sha256", "voucher_sha256", "key_storage"])
 def test_attest_transcript_tampering(world: Any, run: dict[str, Any], field: str) -> None:
     original = {"session_id": mv.SESSION_ID, "server_nonce": mv.SERVER_NONCE,
                 "device_nonce": mv.DEVICE_NONCE, "serial": mv.SERIAL,
                 "server_id": mv.SERVER_ID, "csr_sha256": sha256(run["csr"]),
-                "voucher_sha256": sha256(world.voucher)}[field]
+                "voucher_sha256": sha256(world.voucher), "key_storage": mv.KEY_STORAGE}[field]
     if isinstance(original, bytes):
         tampered: object = bytes([original[0] ^ 1]) + original[1:]
     else:
@@ -407,7 +408,7 @@ def test_attest_context_label_separates_signatures(world: Any, run: dict[str, An
     body = cbor2.loads(attest_transcript(
         session_id=mv.SESSION_ID, server_nonce=mv.SERVER_NONCE, device_nonce=mv.DEVICE_NONCE,
         serial=mv.SERIAL, server_id=mv.SERVER_ID, csr_sha256=sha256(run["csr"]),
-        voucher_sha256=sha256(world.voucher)))
+        voucher_sha256=sha256(world.voucher), key_storage=mv.KEY_STORAGE))
     body[0] = "iotrust-onboarding-attest-v2"
     req = dataclasses.replace(run["attest"], signature=world.kit.factory_key.sign(
         cbor2.dumps(body, canonical=True)))

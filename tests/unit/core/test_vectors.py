@@ -87,8 +87,10 @@ def test_happy_path_attest_transcript_and_signature() -> None:
         server_nonce=bytes.fromhex(inputs["server_nonce_hex"]),
         device_nonce=bytes.fromhex(inputs["device_nonce_hex"]), serial=inputs["serial"],
         server_id=inputs["server_id"], csr_sha256=hashlib.sha256(csr).digest(),
-        voucher_sha256=hashlib.sha256(voucher).digest())
+        voucher_sha256=hashlib.sha256(voucher).digest(), key_storage=inputs["key_storage"])
     assert transcript.hex() == t["cbor_hex"]
+    hello = m.HelloRequest.from_wire(vector["messages"]["hello"].encode())
+    assert hello.key_storage == inputs["key_storage"]
     assert hashlib.sha256(transcript).hexdigest() == t["sha256_hex"]
     leaf = x509.load_der_x509_certificate(unb64(inputs["factory_chain_der_b64url"][0]))
     key = leaf.public_key()
@@ -129,7 +131,8 @@ def test_transcript_cases(case: dict[str, str]) -> None:
             server_nonce=bytes.fromhex(case["server_nonce_hex"]),
             device_nonce=bytes.fromhex(case["device_nonce_hex"]), serial=case["serial"],
             server_id=case["server_id"], csr_sha256=bytes.fromhex(case["csr_sha256_hex"]),
-            voucher_sha256=bytes.fromhex(case["voucher_sha256_hex"]))
+            voucher_sha256=bytes.fromhex(case["voucher_sha256_hex"]),
+            key_storage=case.get("key_storage"))
     else:
         data = confirm_transcript(
             session_id=bytes.fromhex(case["session_id_hex"]),
@@ -151,6 +154,17 @@ def test_attest_transcript_layout_by_hand() -> None:
                 + b"\x58\x20" + bytes.fromhex(case["csr_sha256_hex"])
                 + b"\x58\x20" + bytes.fromhex(case["voucher_sha256_hex"]))
     assert expected.hex() == case["cbor_hex"]
+
+
+def test_attest_transcript_with_key_storage_by_hand() -> None:
+    """With a key-storage claim: array head 0x89 and the claim as a ninth text string."""
+    cases = load("transcripts.json")["cases"]
+    bare = next(c for c in cases if c["name"].startswith("24-byte"))
+    claimed = next(c for c in cases if c["name"].startswith("key_storage file"))
+    assert {k: v for k, v in claimed.items() if k not in {"name", "cbor_hex", "key_storage"}} \
+        == {k: v for k, v in bare.items() if k not in {"name", "cbor_hex"}}
+    expected = b"\x89" + bytes.fromhex(bare["cbor_hex"])[1:] + b"\x64file"
+    assert expected.hex() == claimed["cbor_hex"]
 
 
 @pytest.mark.parametrize("case", load("malformed.json")["cases"],

@@ -72,8 +72,8 @@ def check_time(at: datetime, what: str) -> datetime:
 
 
 def parse_object(data: bytes, *, max_bytes: int, keys: frozenset[str], what: str,
-                 ) -> dict[str, object]:
-    """Parse one JSON object of exactly ``keys``, no larger than ``max_bytes``."""
+                 optional: frozenset[str] = frozenset()) -> dict[str, object]:
+    """Parse one JSON object: all of ``keys``, any of ``optional``, at most ``max_bytes``."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise malformed(f"{what} must be bytes")
     if len(data) > max_bytes:
@@ -83,9 +83,9 @@ def parse_object(data: bytes, *, max_bytes: int, keys: frozenset[str], what: str
     except InputError as exc:
         raise malformed(f"{what} is not a JSON object: {exc.message}") from exc
     present = frozenset(obj)
-    if present != keys:
+    if not keys <= present <= keys | optional:
         missing = sorted(keys - present)
-        extra = sorted(present - keys)
+        extra = sorted(present - keys - optional)
         raise malformed(f"{what} fields wrong: missing {missing[:8]}, unexpected {extra[:8]}")
     return dict(obj)
 

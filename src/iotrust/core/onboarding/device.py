@@ -59,6 +59,7 @@ class DeviceSession:
     voucher_sha256: bytes
     owner: str
     owner_spki_sha256: str
+    key_storage: str | None = None  # as stated in the hello; signed again in the attest
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +77,18 @@ class Onboarded:
 
 
 def build_hello(*, serial: str, factory_chain: tuple[bytes, ...],
-                random: Callable[[int], bytes]) -> HelloRequest:
-    """The hello: serial, factory chain (DER, leaf first) and a fresh 32-byte device nonce."""
+                random: Callable[[int], bytes], key_storage: str | None = None) -> HelloRequest:
+    """The hello: serial, factory chain (DER, leaf first) and a fresh 32-byte device nonce.
+
+    ``key_storage`` states where the device keeps its keys (``file``, ``pkcs11``, ...; see
+    :data:`~.messages.KEY_STORAGE_CLAIMS`); ``None`` leaves it out (the server records
+    ``unknown``).
+    """
     nonce = random(NONCE_BYTES)
     if len(nonce) != NONCE_BYTES:
         raise RuntimeError("the random source returned the wrong number of bytes")
-    return HelloRequest(serial=serial, factory_chain=tuple(factory_chain), device_nonce=nonce)
+    return HelloRequest(serial=serial, factory_chain=tuple(factory_chain), device_nonce=nonce,
+                        key_storage=key_storage)
 
 
 def accept_hello_response(resp: HelloResponse, *, hello: HelloRequest,
@@ -114,7 +121,8 @@ def accept_hello_response(resp: HelloResponse, *, hello: HelloRequest,
                          session_id=resp.session_id, server_nonce=resp.server_nonce,
                          server_id=resp.server_id, expires_at=resp.expires_at,
                          voucher_sha256=sha256(resp.voucher), owner=claims.owner,
-                         owner_spki_sha256=claims.owner_spki_sha256)
+                         owner_spki_sha256=claims.owner_spki_sha256,
+                         key_storage=hello.key_storage)
 
 
 def build_attest(session: DeviceSession, *, factory_signer: Signer, csr_der: bytes,
@@ -123,7 +131,8 @@ def build_attest(session: DeviceSession, *, factory_signer: Signer, csr_der: byt
     transcript = attest_transcript(
         session_id=session.session_id, server_nonce=session.server_nonce,
         device_nonce=session.device_nonce, serial=session.serial, server_id=session.server_id,
-        csr_sha256=sha256(csr_der), voucher_sha256=session.voucher_sha256)
+        csr_sha256=sha256(csr_der), voucher_sha256=session.voucher_sha256,
+        key_storage=session.key_storage)
     return AttestRequest(session_id=session.session_id, serial=session.serial,
                          server_nonce=session.server_nonce, csr=csr_der,
                          signature=factory_signer.sign(transcript))

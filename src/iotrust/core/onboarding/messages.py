@@ -37,6 +37,14 @@ MAX_SERIAL_CHARS: Final = 64
 MAX_SERVER_ID_CHARS: Final = 64
 MAX_HOST_CHARS: Final = 253
 DEVICE_ID_CHARS: Final = 30
+MAX_KEY_STORAGE_CHARS: Final = 16
+
+#: What a device may state about where its keys live (``HelloRequest.key_storage``): the device
+#: record's vocabulary (:class:`~iotrust.core.lifecycle.KeyStorage`) without ``unknown``, which is
+#: what an absent field means. ``file`` is a development key file; ``software`` a key protected
+#: only by the operating system; ``pkcs11`` a key behind a PKCS#11 token that never exports it.
+KEY_STORAGE_CLAIMS: Final = frozenset(
+    {"none", "file", "software", "pkcs11", "secure_element", "tpm"})
 
 #: Size bound of each message body, in bytes.
 MAX_HELLO_REQUEST_BYTES: Final = 64 * 1024
@@ -76,18 +84,31 @@ def _ders(obj: Mapping[str, object], key: str, *, min_count: int) -> tuple[bytes
                  for v in items)
 
 
+def _check_key_storage(value: object) -> None:
+    if value is not None and value not in KEY_STORAGE_CLAIMS:
+        raise malformed(f"key_storage must be one of {sorted(KEY_STORAGE_CLAIMS)}")
+
+
 @dataclass(frozen=True, slots=True)
 class HelloRequest:
-    """Device → server: ``POST /v1/onboarding/hello``."""
+    """Device → server: ``POST /v1/onboarding/hello``.
+
+    ``key_storage`` is where the device says its keys live (:data:`KEY_STORAGE_CLAIMS`); ``None``
+    (the field absent, as from clients older than the field) means ``unknown``. The claim is
+    covered by the factory key's attest signature (see :mod:`.transcript`), so it cannot be
+    changed in flight; the server still never trusts it beyond the model's hardware profile.
+    """
 
     serial: str
     factory_chain: tuple[bytes, ...]  # DER, leaf first, then intermediates (no root needed)
     device_nonce: bytes
+    key_storage: str | None = None
     version: int = PROTOCOL_VERSION
 
     MAX_BYTES: ClassVar[int] = MAX_HELLO_REQUEST_BYTES
     FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"version", "serial", "factory_chain", "device_nonce"})
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"key_storage"})
 
     def __post_init__(self) -> None:
         if self.version != PROTOCOL_VERSION or isinstance(self.version, bool):
@@ -95,24 +116,33 @@ class HelloRequest:
         _check_text(self.serial, "serial", SERIAL_RE)
         _check_ders(self.factory_chain, "factory_chain", min_count=1)
         _check_bytes(self.device_nonce, "device_nonce", min_len=NONCE_BYTES, max_len=NONCE_BYTES)
+        _check_key_storage(self.key_storage)
 
     @classmethod
     def from_wire(cls, data: bytes) -> HelloRequest:
         """Parse untrusted bytes; only :class:`~iotrust.errors.InputError` escapes."""
-        obj = w.parse_object(data, max_bytes=cls.MAX_BYTES, keys=cls.FIELDS, what="hello")
+        obj = w.parse_object(data, max_bytes=cls.MAX_BYTES, keys=cls.FIELDS, what="hello",
+                             optional=cls.OPTIONAL)
         _version(obj)
+        storage = (w.get_str(obj, "key_storage", max_len=MAX_KEY_STORAGE_CHARS)
+                   if "key_storage" in obj else None)
         return cls(
             serial=w.get_str(obj, "serial", max_len=MAX_SERIAL_CHARS, pattern=SERIAL_RE),
             factory_chain=_ders(obj, "factory_chain", min_count=1),
             device_nonce=w.b64d(obj["device_nonce"], "device_nonce",
                                 min_len=NONCE_BYTES, max_len=NONCE_BYTES),
+            key_storage=storage,
         )
 
     def to_json_value(self) -> dict[str, object]:
-        """The JSON object this message is on the wire."""
-        return {"version": self.version, "serial": self.serial,
-                "factory_chain": [w.b64e(c) for c in self.factory_chain],
-                "device_nonce": w.b64e(self.device_nonce)}
+        """The JSON object this message is on the wire (``key_storage`` only when stated)."""
+        value: dict[str, object] = {
+            "version": self.version, "serial": self.serial,
+            "factory_chain": [w.b64e(c) for c in self.factory_chain],
+            "device_nonce": w.b64e(self.device_nonce)}
+        if self.key_storage is not None:
+            value["key_storage"] = self.key_storage
+        return value
 
     def to_wire(self) -> bytes:
         """Canonical JSON bytes."""

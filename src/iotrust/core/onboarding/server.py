@@ -365,6 +365,7 @@ def check_attest(
     voucher_sha256: bytes,
     nonce_consumed_ok: bool,
     known_key: Callable[[str], bool],
+    key_storage: str | None = None,
 ) -> AttestDecision:
     """Decide an attest. Checks run in this order; the first failure is the reason.
 
@@ -379,7 +380,8 @@ def check_attest(
        SPKI SHA-256 hex is true): a shared or copied key.
 
     ``voucher_sha256`` is the raw SHA-256 of the voucher bytes sent in the hello response
-    (of the empty string for an unsafe admission).
+    (of the empty string for an unsafe admission); ``key_storage`` is the hello's key-storage
+    claim as the session stored it (``None``: the hello had none), signed in the transcript.
     """
     session = precheck_attest(req, session=session, now=now)
     if not nonce_consumed_ok:
@@ -387,7 +389,8 @@ def check_attest(
     transcript = attest_transcript(
         session_id=req.session_id, server_nonce=req.server_nonce,
         device_nonce=bytes.fromhex(session.device_nonce), serial=session.serial,
-        server_id=server_id, csr_sha256=sha256(req.csr), voucher_sha256=voucher_sha256)
+        server_id=server_id, csr_sha256=sha256(req.csr), voucher_sha256=voucher_sha256,
+        key_storage=key_storage)
     verify_transcript_signature(factory_public_key, req.signature, transcript, what="factory")
     try:
         csr_key = pki.check_csr(req.csr)

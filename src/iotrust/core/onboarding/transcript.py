@@ -6,7 +6,10 @@ is a context label that separates the two signatures (and any future one) from e
 every other use of the same key:
 
 * attest (factory key): ``["iotrust-onboarding-attest-v1", session_id, server_nonce, device_nonce,
-  serial, server_id, SHA-256(CSR DER), SHA-256(voucher wire bytes)]``
+  serial, server_id, SHA-256(CSR DER), SHA-256(voucher wire bytes)]``, followed by a ninth
+  element, the ``key_storage`` text, exactly when the hello stated one (an 8-element array is a
+  hello without it). Stripping or adding the claim in flight changes what the server verifies,
+  so the factory key's signature fails (``signature_invalid``).
 * confirm (new operational key): ``["iotrust-onboarding-confirm-v1", session_id, server_nonce,
   SHA-256(issued certificate DER)]``
 
@@ -51,13 +54,14 @@ def _text(value: str, what: str) -> str:
 
 def attest_transcript(*, session_id: bytes, server_nonce: bytes, device_nonce: bytes,
                       serial: str, server_id: str, csr_sha256: bytes,
-                      voucher_sha256: bytes) -> bytes:
+                      voucher_sha256: bytes, key_storage: str | None = None) -> bytes:
     """The bytes the factory key signs in ``attest``: deterministic CBOR (RFC 8949 §4.2).
 
+    ``key_storage`` is the hello's claim, appended as a ninth element when the hello carried one.
     Raises ``ValueError`` for wrong lengths: the values come from validated messages, so a wrong
     length here is a programming error, not bad input.
     """
-    return cbor2.dumps([
+    items: list[object] = [
         ATTEST_CONTEXT,
         _exact(session_id, 16, "session_id"),
         _exact(server_nonce, 32, "server_nonce"),
@@ -66,7 +70,10 @@ def attest_transcript(*, session_id: bytes, server_nonce: bytes, device_nonce: b
         _text(server_id, "server_id"),
         _exact(csr_sha256, _DIGEST, "csr_sha256"),
         _exact(voucher_sha256, _DIGEST, "voucher_sha256"),
-    ], canonical=True)
+    ]
+    if key_storage is not None:
+        items.append(_text(key_storage, "key_storage"))
+    return cbor2.dumps(items, canonical=True)
 
 
 def confirm_transcript(*, session_id: bytes, server_nonce: bytes,

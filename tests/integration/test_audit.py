@@ -25,6 +25,7 @@ from tests.integration.pg import fresh_postgres_database
 
 from iotrust.api.app import create_app
 from iotrust.core.audit import Finding
+from iotrust.core.audit_checks import ALL_CHECKS
 from iotrust.core.lifecycle import DeviceState
 from iotrust.errors import ConflictError, InputError, NotFoundError
 from iotrust.services import audit as svc
@@ -210,7 +211,7 @@ def test_cli_json_html_suppress_and_mitigate(bad: AuditFleet, tmp_path: Path) ->
     report = json.loads(proc.stdout)
     assert report["schema"] == "iotrust.audit/v1"
     assert {f["check_id"] for f in report["findings"]} >= EXPECTED_BAD - {"revoked-still-trusted"}
-    assert len(report["checks"]) == 20
+    assert len(report["checks"]) == len(ALL_CHECKS)
     parsed = _Page()
     parsed.feed(page.read_text(encoding="utf-8"))
     assert set(parsed.charts) == set(audit_report.CHART_IDS)

@@ -48,6 +48,7 @@ __all__ = [
     "CaRow",
     "Check",
     "CheckResult",
+    "ConfigDocument",
     "CredentialRow",
     "CrlView",
     "DeviceRow",
@@ -308,11 +309,41 @@ class WithdrawnInstall(NamedTuple):
     rollout_id: str
 
 
+class ConfigDocument(NamedTuple):
+    """The current (highest-version) configuration document of one scope.
+
+    ``scope`` is a device id (a device-specific document) or ``groups/<g>`` (shared by design).
+    ``target_sha256`` is the hash the signed target metadata gives for the published bytes
+    (``{"scope", "version", "settings"}``: they name their scope, so they always differ between
+    scopes); ``settings_sha256`` is the SHA-256 of the settings alone in canonical form (sorted
+    keys, no whitespace), what two copied documents have in common. ``None`` when the document
+    could not be read or does not match its signed hash (``problem`` says why).
+    ``secret_fields`` lists the setting paths whose names look like secrets (never the values).
+    """
+
+    path: str
+    scope: str
+    version: int
+    target_sha256: str
+    settings_sha256: str | None
+    settings_count: int = 0
+    secret_fields: tuple[str, ...] = ()
+    problem: str | None = None
+
+
 class EventLogStatus(NamedTuple):
-    """The chain verification of the event log and whether an exported anchor was checked."""
+    """The chain verification of the event log and whether an exported anchor was checked.
+
+    ``mode`` is ``full`` (every record from 1) or ``incremental`` (from ``since_seq``, the last
+    verified checkpoint, whose record was re-hashed and compared with the checkpoint).
+    ``full_at`` is when the log was last verified in full (``None``: unknown).
+    """
 
     report: ChainReport
     anchored: bool
+    mode: str = "full"
+    since_seq: int | None = None
+    full_at: datetime | None = None
 
 
 class Snapshot(Protocol):
@@ -410,6 +441,10 @@ class Snapshot(Protocol):
 
     def withdrawn_installs(self) -> Iterable[WithdrawnInstall]:
         """Devices running a release withdrawn by an aborted rollout."""
+        ...
+
+    def config_documents(self) -> Iterable[ConfigDocument]:
+        """The current configuration document of every scope (devices and groups)."""
         ...
 
 

@@ -10,7 +10,8 @@ CONFLICTING_CLIENT_IDS [``conflicting-client-ids``], IOT_POLICY_OVERLY_PERMISSIV
 LOGGING_DISABLED [``event-log-integrity``]. The AWS checks about Cognito roles and role aliases
 have no counterpart in a self-hosted fleet.
 
-iotrust's own: ``key-reused``, ``unsafe-manufacturer-trust``, ``weak-key-storage``,
+iotrust's own: ``key-reused``, ``config-copied`` (:mod:`iotrust.core.audit_config`),
+``unsafe-manufacturer-trust``, ``weak-key-storage``,
 ``zombies``, ``dormant-devices``, ``hardware-lifetime``, ``blast-radius``,
 ``rollout-lagging``, ``withdrawn-release``.
 
@@ -33,6 +34,7 @@ from iotrust.core.audit import (
     Finding,
     Snapshot,
 )
+from iotrust.core.audit_config import ConfigCopied
 from iotrust.core.audit_keys import (
     DEBIAN_WEAK_KEYS_NOTE,
     Severity,
@@ -735,10 +737,10 @@ def blast_ranking(snapshot: Snapshot) -> list[Reach]:
 
 #: Every check, in report order.
 ALL_CHECKS: Final[tuple[Check, ...]] = (
-    CredentialShared(), KeyReused(), WeakDeviceKey(), WeakCaKey(), RevokedStillTrusted(),
-    CaExpiring(), CredentialExpiring(), CredentialAge(), ConflictingClientIds(),
-    PolicyOverlyPermissive(), PolicyMisreadable(), BlastRadius(), WeakKeyStorage(),
-    UnsafeManufacturerTrust(), Zombies(), DormantDevices(), HardwareLifetime(),
+    CredentialShared(), KeyReused(), ConfigCopied(), WeakDeviceKey(), WeakCaKey(),
+    RevokedStillTrusted(), CaExpiring(), CredentialExpiring(), CredentialAge(),
+    ConflictingClientIds(), PolicyOverlyPermissive(), PolicyMisreadable(), BlastRadius(),
+    WeakKeyStorage(), UnsafeManufacturerTrust(), Zombies(), DormantDevices(), HardwareLifetime(),
     RolloutLagging(), WithdrawnRelease(), EventLogIntegrity(),
 )
 

@@ -33,8 +33,8 @@ from typing import Any, Final
 from iotrust.adapters.sql.audit import AuditTx, SuppressionRow
 from iotrust.adapters.sql.store import Database, Tx
 from iotrust.core import audit as au
+from iotrust.core import audit_config, pki
 from iotrust.core import hardware as hw
-from iotrust.core import pki
 from iotrust.core.audit_checks import ALL_CHECKS, check_by_id
 from iotrust.core.audit_reach import PolicySet
 from iotrust.core.events import EventHead, parse_anchor, verify_chain
@@ -248,9 +248,61 @@ class RegistrySnapshot:
         """Devices running a withdrawn release."""
         return self._q.withdrawn_installs()
 
+    def config_documents(self) -> Sequence[au.ConfigDocument]:
+        """The current configuration document of every scope, read from the image repository."""
+        return self._once("config", lambda: _config_documents(  # type: ignore[no-any-return]
+            self._settings))
+
     def device_states(self) -> dict[str, int]:
         """Devices per lifecycle state."""
         return self._once("device_states", self._q.device_states)  # type: ignore[no-any-return]
+
+
+def _config_documents(settings: Settings) -> list[au.ConfigDocument]:
+    """The current document of each configuration scope (nothing if updates are not set up).
+
+    The signed ``config`` role metadata gives each target's scope, version and SHA-256; only the
+    current version of each scope is read from disk (at most 64 KiB each) and checked against
+    its signed hash by :func:`iotrust.core.audit_config.describe`. A repository that cannot be
+    read gives one document with a ``problem`` under the scope ``config-role``.
+    """
+    from iotrust.adapters.tuf.repository import CONFIG_ROLE, HASH_ALGORITHM, ImageRepository  # noqa: PLC0415
+    from iotrust.services.updates import UpdatePaths  # noqa: PLC0415 - python-tuf: only here
+
+    paths = UpdatePaths.of(settings)
+    if not paths.keyring.is_file():
+        return []
+
+    def no_signers(role: str) -> list[Any]:
+        raise RuntimeError(f"the audit signs nothing ({role})")
+
+    image = ImageRepository(paths.image, no_signers)
+    try:
+        listed = image.targets_of(CONFIG_ROLE)
+    except (IotrustError, OSError) as exc:
+        return [au.ConfigDocument("config", "config-role", 0, "", None,
+                                  problem=f"the configuration role cannot be read: {exc}"[:300])]
+    targets = []
+    for path, target in listed.items():
+        custom = target.unrecognized_fields.get("custom")
+        if not isinstance(custom, dict):
+            continue
+        scope, version = custom.get("scope"), custom.get("config_version")
+        if isinstance(scope, str) and isinstance(version, int):
+            targets.append(audit_config.ConfigTarget(
+                path, scope, version, str(target.hashes.get(HASH_ALGORITHM, "")),
+                int(target.length)))
+    out = []
+    for current in audit_config.current_targets(targets):
+        directory, _, name = current.path.rpartition("/")
+        data: bytes | None = None
+        if audit_config.wants_bytes(current):
+            try:
+                data = (image.targets_dir / directory / f"{current.sha256}.{name}").read_bytes()
+            except OSError:
+                data = None
+        out.append(audit_config.describe(current, data))
+    return out
 
 
 def _read_crl(path: Path, ca: au.CaRow) -> au.CrlView | None:

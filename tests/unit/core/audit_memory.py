@@ -17,6 +17,7 @@ from iotrust.core.audit import (
     AuditConfig,
     CaRow,
     CertificateRow,
+    ConfigDocument,
     CredentialRow,
     CrlView,
     DeviceRow,
@@ -84,6 +85,7 @@ class MemorySnapshot:
     #: (rollout id, release id, rollout state, device id, device status, updated at)
     rollout_devices: list[tuple[str, str, str, str, str, datetime]] = field(default_factory=list)
     installed: dict[str, str] = field(default_factory=dict)  # device id -> release id
+    configs: list[ConfigDocument] = field(default_factory=list)
 
     def suppressed(self, check_id: str) -> frozenset[str]:
         return frozenset(self.suppressions.get(check_id, ()))
@@ -200,3 +202,6 @@ class MemorySnapshot:
         live = {rel for _, rel, st, *_ in self.rollout_devices if st != "aborted"}
         return iter([WithdrawnInstall(d, rel, aborted[rel]) for d, rel in self.installed.items()
                      if rel in aborted and rel not in live])
+
+    def config_documents(self) -> list[ConfigDocument]:
+        return self.configs

@@ -5,6 +5,8 @@ published structure), MQTT filter intersection, blast radius and suppressions.""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import random
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +22,7 @@ from iotrust.core import hardware as hw
 from iotrust.core.audit import (
     AuditConfig,
     CaRow,
+    ConfigDocument,
     CrlView,
     EventLogStatus,
     Finding,
@@ -31,6 +34,13 @@ from iotrust.core.audit import (
     run_check,
 )
 from iotrust.core.audit_checks import ALL_CHECKS, check_by_id
+from iotrust.core.audit_config import (
+    ConfigTarget,
+    current_targets,
+    describe,
+    secret_fields,
+    settings_digest,
+)
 from iotrust.core.audit_keys import (
     P256_SPKI_BASE64,
     certificate_key_report,
@@ -436,6 +446,71 @@ def test_withdrawn_release() -> None:
     found = _pair("withdrawn-release", bad, good)
     assert found[0].affected == (D1,)
     assert found[0].evidence["rollouts"] == ["ro-1"]
+
+
+def _config(scope: str, settings: dict, *, version: int = 1,
+            mangle: bytes | None = None) -> ConfigDocument:
+    """The document ``publish_config`` would write, described as the audit sees it."""
+    body = json.dumps({"scope": scope, "version": version, "settings": settings},
+                      sort_keys=True, separators=(",", ":")).encode()
+    sha = hashlib.sha256(body).hexdigest()
+    path = f"config/{scope}/config-v{version}.json"
+    return describe(ConfigTarget(path, scope, version, sha, len(body)),
+                    body if mangle is None else mangle)
+
+
+def test_config_copied() -> None:
+    wifi = {"wifi": {"ssid": "plant-4", "password": "hunter2"}, "device_name": "pump"}
+    copied = [_config(D1, wifi), _config(D2, wifi, version=3), _config(D3, {"interval_s": 60})]
+    shared_group = {"interval_s": 60, "broker": "mqtt.example"}
+    bad = MemorySnapshot(configs=copied)
+    # group documents are shared by design; distinct device documents; empty ones compare not
+    good = MemorySnapshot(configs=[
+        _config("groups/pumps", shared_group), _config("groups/valves", shared_group),
+        _config(D1, {**wifi, "device_name": "pump-1", "wifi": {"password": "a1"}}),
+        _config(D2, {**wifi, "device_name": "pump-2", "wifi": {"password": "b2"}}),
+        _config(D3, {}), _config("dev-" + "e" * 26, {})])
+    found = _pair("config-copied", bad, good)
+    assert len(found) == 1
+    assert found[0].severity is Severity.CRITICAL
+    assert found[0].affected == (D1, D2)
+    assert found[0].evidence["secret_like_fields"] == ["wifi.password"]
+    assert found[0].evidence["targets"] == [f"config/{D1}/config-v1.json",
+                                            f"config/{D2}/config-v3.json"]
+    assert found[0].evidence["settings_sha256"] == settings_digest(wifi)
+    assert "hunter2" not in json.dumps(found[0].as_dict())
+    # the target hashes differ (the documents name their devices): the settings are compared
+    assert len(set(found[0].evidence["target_sha256"].values())) == 2
+    plain = run("config-copied", MemorySnapshot(configs=[_config(D1, {"interval_s": 5}),
+                                                         _config(D2, {"interval_s": 5})]))
+    assert [f.severity for f in plain] == [Severity.HIGH]
+
+
+def test_config_documents_not_matching_their_signature_are_reported_not_compared() -> None:
+    doc = _config(D1, {"a": 1})
+    tampered = _config(D2, {"a": 1}, mangle=b'{"scope":"x","version":1,"settings":{"a":1}}')
+    moved = describe(ConfigTarget(doc.path, D2, 1, doc.target_sha256, 40),
+                     json.dumps({"scope": D1, "version": 1, "settings": {"a": 1}},
+                                sort_keys=True, separators=(",", ":")).encode())
+    assert tampered.settings_sha256 is None
+    assert tampered.problem == "the target file does not match its signed hash"
+    assert moved.problem == "the document names another scope than its target"
+    assert _config(D3, {"a": 1}, mangle=b"").problem is not None
+    missing = describe(ConfigTarget("config/x/c.json", D3, 1, "0" * 64, 10), None)
+    assert missing.problem == "the target file is missing"
+    found = run("config-copied", MemorySnapshot(configs=[doc, tampered]))
+    assert [f.severity for f in found] == [Severity.MEDIUM]
+    assert found[0].affected == (D2,)
+
+
+def test_config_current_version_and_secret_names() -> None:
+    targets = [ConfigTarget("a1", D1, 1, "", 1), ConfigTarget("a3", D1, 3, "", 1),
+               ConfigTarget("a2", D1, 2, "", 1), ConfigTarget("g", "groups/g", 1, "", 1)]
+    assert [t.path for t in current_targets(targets)] == ["a3", "g"]
+    assert secret_fields({"apiKey": 1, "mqtt": {"user_pin": 2, "shipping": 3},
+                          "keepalive": 4, "certs": [{"private_key": "x"}]}) == (
+        "apiKey", "certs.[].private_key", "mqtt.user_pin")
+    assert settings_digest({"b": 1, "a": [1.5]}) == settings_digest({"a": [1.5], "b": 1})
 
 
 def _chain(n: int) -> list:

@@ -39,10 +39,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from iotrust.adapters.sql.store import Database, SessionBinding, Tx
 from iotrust.core import events as ev
+from iotrust.core import hardware as hw
 from iotrust.core import lifecycle, pki
 from iotrust.core.ids import new_device_id
 from iotrust.core.lifecycle import CredentialState, Device, DeviceState, KeyStorage
 from iotrust.core.onboarding import reasons as r
+from iotrust.core.onboarding.key_storage import recorded_key_storage
 from iotrust.core.onboarding.messages import (
     AttestRequest,
     AttestResponse,
@@ -338,7 +340,7 @@ class OnboardingService:
                     expires_at=session.expires_at, state=SessionState.OPEN, source=seen.source,
                     created_at=session.created_at),
                 factory_spki=_spki_der(decision.factory_public_key),
-                voucher_sha256=decision.voucher_sha256.hex())
+                voucher_sha256=decision.voucher_sha256.hex(), key_storage=req.key_storage)
             tx.touch_last_seen(device.id, now)
             eventlog.record(tx, self._clock, ONBOARDING_STARTED, actor=ACTOR,
                             device_id=device.id,
@@ -430,7 +432,8 @@ class OnboardingService:
                 req, session=session, now=now, server_id=domain.server_id,
                 factory_public_key=_factory_key(binding.factory_spki),
                 voucher_sha256=bytes.fromhex(binding.voucher_sha256),
-                nonce_consumed_ok=consumed, known_key=tx.key_seen)
+                nonce_consumed_ok=consumed, known_key=tx.key_seen,
+                key_storage=binding.key_storage)
             device = tx.get_device(session.device_id)
             if device.state is DeviceState.RETIRED:
                 raise refuse(r.RETIRED, "this device is retired")
@@ -507,8 +510,11 @@ class OnboardingService:
             except ConflictError as exc:  # revoked meanwhile (deadline sweep, operator)
                 raise refuse(r.NONCE_EXPIRED, "the credential of this session was revoked",
                              detail=exc.reason) from exc
+            # the hello's claim, signed in the attest; never recorded above the model's profile
+            claimed = binding.key_storage if binding is not None else None
+            storage = recorded_key_storage(claimed, _profile_key_storage(tx, device))
             try:
-                moved = lifecycle.onboard(device, now)
+                moved = dataclasses.replace(lifecycle.onboard(device, now), key_storage=storage)
                 tx.update_device(moved, expected_state=DeviceState.EXPECTED)
             except ConflictError as exc:
                 raise refuse(r.CLONE_SUSPECTED,
@@ -520,7 +526,9 @@ class OnboardingService:
                             data={"from": device.state.value, "to": moved.state.value,
                                   "session": sid, "credential": session.credential_serial,
                                   "source": seen.source,
-                                  "unsafe_admission": device.unsafe_admission})
+                                  "unsafe_admission": device.unsafe_admission,
+                                  "key_storage": storage.value,
+                                  "key_storage_claimed": claimed})
             faults.checkpoint("onboarding.confirm.before_commit")
         faults.checkpoint("onboarding.confirm.committed")
 
@@ -616,6 +624,19 @@ def _voucher(tx: Tx, device: Device | None) -> SignedVoucher | None:
     except InputError as exc:
         raise refuse(r.VOUCHER_INVALID, "the stored voucher cannot be decoded",
                      detail=exc.reason) from exc
+
+
+def _profile_key_storage(tx: Tx, device: Device) -> hw.HardwareKeyStorage | None:
+    """The key storage of the device model's hardware profile (``None``: no model or profile)."""
+    if device.model is None:
+        return None
+    profile = tx.get_model(device.model).hardware_profile
+    if profile is None:
+        return None
+    try:
+        return hw.parse_profile(profile.encode("utf-8")).key_storage
+    except InputError:  # profiles are validated when registered; a damaged one backs no claim
+        return None
 
 
 def expire_unconfirmed(db: Database, clock: Clock, secrets: Secrets, settings: Settings, *,

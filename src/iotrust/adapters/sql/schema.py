@@ -204,6 +204,8 @@ onboarding_sessions = Table(
     Column("factory_spki", LargeBinary, nullable=True),
     Column("voucher_sha256", String(64), nullable=True),
     Column("confirm_by", UtcDateTime(), nullable=True),
+    # 0010: the hello's key-storage claim (NULL: none stated)
+    Column("key_storage", String(16), nullable=True),
     Index(None, "state", "confirm_by"),
     Index(None, "device_id", "state"),
     _states("state", SESSION_STATES),

@@ -117,13 +117,15 @@ class SessionBinding:
 
     ``factory_spki`` is the DER SubjectPublicKeyInfo of the factory key the hello's chain
     proved, ``voucher_sha256`` the hex SHA-256 of the voucher bytes sent back (of the empty
-    string for an unsafe admission), ``confirm_by`` the deadline set when the nonce was spent.
+    string for an unsafe admission), ``confirm_by`` the deadline set when the nonce was spent,
+    ``key_storage`` the hello's key-storage claim (revision 0010; ``None``: none stated).
     ``None`` fields belong to sessions opened without them.
     """
 
     factory_spki: bytes | None
     voucher_sha256: str | None
     confirm_by: datetime | None
+    key_storage: str | None = None
 
 # --------------------------------------------------------------------------------------------
 # The one seam where driver errors become iotrust errors.
@@ -399,7 +401,8 @@ _GET_SESSION: Final = select(s.onboarding_sessions).where(
     s.onboarding_sessions.c.id == bindparam("id"))
 _SESSION_BINDING: Final = select(
     s.onboarding_sessions.c.factory_spki, s.onboarding_sessions.c.voucher_sha256,
-    s.onboarding_sessions.c.confirm_by).where(s.onboarding_sessions.c.id == bindparam("id"))
+    s.onboarding_sessions.c.confirm_by, s.onboarding_sessions.c.key_storage,
+).where(s.onboarding_sessions.c.id == bindparam("id"))
 
 
 def _live_session_statement() -> Executable:
@@ -1406,22 +1409,27 @@ class Tx:
     # -- onboarding service (revision 0002) --------------------------------------------------
 
     def open_session(self, session: OnboardingSession, *, factory_spki: bytes,
-                     voucher_sha256: str) -> None:
+                     voucher_sha256: str, key_storage: str | None = None) -> None:
         """Open an onboarding session bound to what its hello proved.
 
         ``factory_spki`` is the factory key's DER SubjectPublicKeyInfo, ``voucher_sha256`` the
-        hex SHA-256 of the voucher sent back. ``ConflictError(nonce_reused)``.
+        hex SHA-256 of the voucher sent back, ``key_storage`` the hello's key-storage claim
+        (``None``: none stated). ``ConflictError(nonce_reused)``.
         """
         check_sha256_hex(voucher_sha256, "voucher hash")
         if not isinstance(factory_spki, bytes) or not 0 < len(factory_spki) <= 1024:  # noqa: PLR2004
             raise InputError("factory key must be 1..1024 bytes of DER", reason="invalid_key")
+        if key_storage is not None and (not isinstance(key_storage, str)
+                                        or not 0 < len(key_storage) <= 16):  # noqa: PLR2004
+            raise InputError("key storage must be 1..16 characters", reason="invalid_key_storage")
         self._insert(s.onboarding_sessions, {
             "id": session.id, "device_id": session.device_id, "serial": session.serial,
             "nonce_sha256": session.nonce_sha256, "device_nonce": session.device_nonce,
             "expires_at": session.expires_at, "consumed_at": session.consumed_at,
             "state": str(session.state), "source": session.source,
             "credential_serial": session.credential_serial, "created_at": session.created_at,
-            "factory_spki": factory_spki, "voucher_sha256": voucher_sha256, "confirm_by": None})
+            "factory_spki": factory_spki, "voucher_sha256": voucher_sha256, "confirm_by": None,
+            "key_storage": key_storage})
 
     def get_session_and_binding(self, session_id: str,
                                 ) -> tuple[OnboardingSession, SessionBinding] | None:
@@ -1432,7 +1440,8 @@ class Tx:
         spki = bytes(row.factory_spki) if row.factory_spki is not None else None
         return _session(row), SessionBinding(factory_spki=spki,
                                              voucher_sha256=row.voucher_sha256,
-                                             confirm_by=row.confirm_by)
+                                             confirm_by=row.confirm_by,
+                                             key_storage=row.key_storage)
 
     def session_binding(self, session_id: str) -> SessionBinding | None:
         """What the hello bound a session to and its deadline (``None``: no such session)."""
@@ -1441,7 +1450,7 @@ class Tx:
             return None
         spki = bytes(row.factory_spki) if row.factory_spki is not None else None
         return SessionBinding(factory_spki=spki, voucher_sha256=row.voucher_sha256,
-                              confirm_by=row.confirm_by)
+                              confirm_by=row.confirm_by, key_storage=row.key_storage)
 
     def lock_device(self, device_id: str) -> None:
         """Hold the device's row until the transaction ends; unknown ids are ignored.

@@ -6,7 +6,9 @@ the database. Everything that must hold across requests lives in the database, n
 memory, so any number of workers (and machines) can serve one fleet:
 
 * rate limits count the ``onboarding_attempts`` rows of the last window per serial and per
-  source address (``rate_limited``, checked before anything else);
+  source address (``rate_limited``, checked before anything else); a hello is admitted, decided
+  and answered in one transaction, and a hello refused after admission is still counted (its
+  attempt is written with the refusal event);
 * one live session per device: the hello locks the device row before looking for a live session;
 * the server nonce is spent by one conditional ``UPDATE`` (open → attested) committed *before*
   the signature is checked, so a nonce is good for exactly one attest and a failed attest burns it;
@@ -194,6 +196,11 @@ class _Seen:
     session_id: str | None = None
     consumed: bool = False  # this request spent the session's nonce (attest)
     attested: bool = False  # the session was attested when the confirm was refused
+    uncounted: bool = False  # a hello passed the rate limits; its rolled-back attempt is owed
+
+
+class _SweepFirst(Exception):  # noqa: N818 - a control-flow signal inside this module, no error
+    """A hello found overdue sessions: roll back, run the sweep, decide the hello again."""
 
 
 def _source(source: str) -> str:
@@ -301,18 +308,27 @@ class OnboardingService:
             seen.serial = req.serial
         except InputError as exc:
             parse_error = exc
-        sweep_due = self._admit(seen, now)
-        if parse_error is not None:
-            raise parse_error
-        if req is None:  # parse_error is None exactly when req is set
-            raise RuntimeError("unreachable: no request and no parse error")
-        if sweep_due:  # otherwise the sweep would find nothing to expire (it also prunes)
-            self._sweep_quietly()
-            self._next_prune = now + _PRUNE_INTERVAL
-        maker_name, spki = _claimed_identity(req)
+        try:
+            return self._hello_once(req, parse_error, seen, now, sweep_checked=False)
+        except _SweepFirst:
+            pass
+        # Overdue sessions exist: expire them (own transactions), then decide on the result.
+        self._sweep_quietly()
+        self._next_prune = now + _PRUNE_INTERVAL
+        return self._hello_once(req, parse_error, seen, now, sweep_checked=True)
+
+    def _hello_once(self, req: HelloRequest | None, parse_error: InputError | None, seen: _Seen,
+                    now: datetime, *, sweep_checked: bool) -> HelloResponse:
+        """Admit and decide one hello in one transaction (``_SweepFirst``: sweep, call again)."""
         with self._db.transaction() as tx:
             domain = require_domain(tx)
             config = OnboardingConfig.from_settings(domain.settings)
+            self._admit(tx, config, seen, now, sweep_checked=sweep_checked)
+            if parse_error is not None:
+                raise parse_error
+            if req is None:  # parse_error is None exactly when req is set
+                raise RuntimeError("unreachable: no request and no parse error")
+            maker_name, spki = _claimed_identity(req)
             device = None
             if maker_name is not None:
                 # locked until the end: one live session per device, across workers
@@ -348,30 +364,35 @@ class OnboardingService:
                                   "source": seen.source,
                                   "expires_at": session.expires_at.isoformat(),
                                   "unsafe_admission": device.unsafe_admission})
-            return hello_response(decision, session, server_id=domain.server_id)
+            response = hello_response(decision, session, server_id=domain.server_id)
+        seen.uncounted = False
+        return response
 
-    def _admit(self, seen: _Seen, now: datetime) -> bool:
+    def _admit(self, tx: Tx, config: OnboardingConfig, seen: _Seen, now: datetime, *,
+               sweep_checked: bool) -> None:
         """Apply the rate limits, then count this hello (a refused one is not counted).
 
-        Returns whether the unconfirmed-session sweep has work (checked in the same read).
+        The attempt is written in the hello's own transaction; if the hello is refused after
+        this point, that transaction rolls back and :meth:`_refused` writes the attempt again
+        next to the refusal event (``seen.uncounted``), so every hello past the limits counts.
+        Raises :class:`_SweepFirst` when overdue sessions wait for the sweep (unless
+        ``sweep_checked``).
         """
-        with self._db.transaction() as tx:
-            config = OnboardingConfig.from_settings(require_domain(tx).settings)
-            since = now - timedelta(seconds=config.rate_window_s)
-            per_serial, per_source, sweep_due = tx.onboarding_admission(
-                since=since, serial=seen.serial, source=seen.source, at=now)
-            prune = not sweep_due and now >= self._next_prune
-            if seen.serial is not None and config.rate_per_serial and \
-                    per_serial >= config.rate_per_serial:
-                raise refuse(r.RATE_LIMITED, "too many onboarding attempts for this serial")
-            if config.rate_per_source and per_source >= config.rate_per_source:
-                raise refuse(r.RATE_LIMITED, "too many onboarding attempts from this source")
-            tx.add_onboarding_attempt(seen.serial, seen.source, now)
-            if prune:  # the sweep prunes too
-                tx.prune_onboarding_attempts(since)
-        if prune:
+        since = now - timedelta(seconds=config.rate_window_s)
+        per_serial, per_source, sweep_due = tx.onboarding_admission(
+            since=since, serial=seen.serial, source=seen.source, at=now)
+        if sweep_due and not sweep_checked:
+            raise _SweepFirst
+        if seen.serial is not None and config.rate_per_serial and \
+                per_serial >= config.rate_per_serial:
+            raise refuse(r.RATE_LIMITED, "too many onboarding attempts for this serial")
+        if config.rate_per_source and per_source >= config.rate_per_source:
+            raise refuse(r.RATE_LIMITED, "too many onboarding attempts from this source")
+        tx.add_onboarding_attempt(seen.serial, seen.source, now)
+        seen.uncounted = True
+        if now >= self._next_prune:  # after a sweep (which prunes too) this waits
+            tx.prune_onboarding_attempts(since)
             self._next_prune = now + _PRUNE_INTERVAL
-        return sweep_due
 
     def _admit_unsafely(self, tx: Tx, decision: HelloDecision, domain: TrustDomain, seen: _Seen,
                         now: datetime) -> Device:
@@ -539,6 +560,8 @@ class OnboardingService:
         revoked = False
         try:
             with self._db.transaction() as tx:
+                if seen.uncounted:  # the hello's own transaction (and its attempt) rolled back
+                    tx.add_onboarding_attempt(seen.serial, seen.source, self._clock.now())
                 if seen.session_id is not None and seen.consumed:
                     tx.refuse_session(seen.session_id, expected=SessionState.ATTESTED)
                 if seen.step == "confirm" and seen.attested and seen.session_id is not None \

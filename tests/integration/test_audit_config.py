@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.integration.audit_fleet import PASSPHRASE, AuditFleet, clean_fleet
 
-from iotrust.core.audit import Severity
+from iotrust.core.audit import Finding, Severity
 from iotrust.services import audit as svc
 from iotrust.services import updates
 from iotrust.services.domain import KeyBackend
@@ -33,7 +33,7 @@ def _publish(fleet: AuditFleet, scope: str, settings: dict[str, object], version
                                   now=fleet.clock.now()).path
 
 
-def _run(fleet: AuditFleet) -> list[svc.au.Finding]:
+def _run(fleet: AuditFleet) -> list[Finding]:
     return svc.run_audit(fleet.db, fleet.settings, fleet.clock, actor=ACTOR, checks=[CHECK],
                          record=False).findings
 

@@ -149,11 +149,14 @@ class AuditConfig:
     recent_zombie_days: int = 7
     rollout_stuck_days: int = 3
     max_affected: int = 100
+    #: An incremental event-log verification falls back to a full one when the last full one
+    #: is older than this (see :mod:`iotrust.core.audit_eventlog`).
+    event_log_full_days: int = 7
 
     def __post_init__(self) -> None:
         for name in ("ca_expiry_days", "credential_expiry_days", "credential_max_age_days",
                      "dormant_days", "shared_use_window_s", "recent_zombie_days",
-                     "rollout_stuck_days", "max_affected"):
+                     "rollout_stuck_days", "max_affected", "event_log_full_days"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**7:
                 raise InputError(f"{name} must be a positive integer", reason="invalid_config")

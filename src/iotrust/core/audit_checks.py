@@ -335,7 +335,11 @@ class ConflictingClientIds:
 
 
 class EventLogIntegrity:
-    """LOGGING_DISABLED (and more): the hash chain holds, and an exported anchor is checked."""
+    """LOGGING_DISABLED (and more): the hash chain holds, and an exported anchor is checked.
+
+    The snapshot verifies incrementally from the last audit's checkpoint or in full
+    (:mod:`iotrust.core.audit_eventlog`); the evidence says which (``mode``, ``since_seq``).
+    """
 
     id = "event-log-integrity"
     title = "Event log broken or not anchored"
@@ -344,18 +348,20 @@ class EventLogIntegrity:
     def run(self, snapshot: Snapshot) -> Iterator[Finding]:
         status = snapshot.event_log()
         report = status.report
+        verified = {"mode": status.mode, "since_seq": status.since_seq,
+                    "full_at": status.full_at.isoformat() if status.full_at else None}
         if report.breaks:
             kinds = sorted({b.kind for b in report.breaks})
             yield Finding(self.id, Severity.CRITICAL,
                           f"event log chain broken ({len(report.breaks) + report.omitted_breaks}"
                           " break(s))", tuple(f"event:{b.seq}" for b in report.breaks[:100]),
-                          {"kinds": kinds, "records": report.count,
+                          {"kinds": kinds, "records": report.count, **verified,
                            "first": [f"#{b.seq} {b.kind}: {b.detail}" for b in report.breaks[:10]]},
                           "stop writers, restore the database from a backup and compare; "
                           "every decision after the first break is untrusted")
         if not status.anchored:
             yield Finding(self.id, Severity.LOW, "event log head is not anchored outside the "
-                          "database", ("event-log",), {"records": report.count},
+                          "database", ("event-log",), {"records": report.count, **verified},
                           "export the head regularly (iotrust log anchor) to storage the "
                           "database writers cannot modify; truncation is undetectable otherwise")
 

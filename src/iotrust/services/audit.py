@@ -34,12 +34,14 @@ from iotrust.adapters.sql.audit import AuditTx, SuppressionRow
 from iotrust.adapters.sql.store import Database, Tx
 from iotrust.core import audit as au
 from iotrust.core import audit_config, pki
+from iotrust.core import audit_eventlog as ael
 from iotrust.core import hardware as hw
 from iotrust.core.audit_checks import ALL_CHECKS, check_by_id
 from iotrust.core.audit_reach import PolicySet
 from iotrust.core.events import EventHead, parse_anchor, verify_chain
 from iotrust.core.ids import DEVICE_ID_RE
 from iotrust.core.policy import Policy
+from iotrust.core.records import EventRow
 from iotrust.errors import InputError, IotrustError
 from iotrust.ports import BrokerControl, Clock
 from iotrust.services import eventlog
@@ -72,6 +74,10 @@ AUDIT_MITIGATED: Final = "audit.mitigated"
 MITIGATIONS: Final = ("quarantine", "rotate", "notify")
 _TARGET: Final = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._:@*-]{0,199}$")
 _MAX_REASON: Final = 500
+#: Event-log records fetched per query while verifying the chain.
+_EVENT_BATCH: Final = 5000
+#: The check whose verified head becomes the next audit's checkpoint.
+EVENT_LOG_CHECK: Final = "event-log-integrity"
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,7 +92,8 @@ class RegistrySnapshot:
 
     def __init__(self, tx: Tx, settings: Settings, *, now: datetime, config: au.AuditConfig,
                  suppressions: Sequence[SuppressionRow],
-                 timelines: hw.Timelines | None = None) -> None:
+                 timelines: hw.Timelines | None = None, full_event_log: bool = False) -> None:
+        self._full_event_log = full_event_log
         self._q = AuditTx(tx)
         self._tx = tx
         self._settings = settings
@@ -230,6 +237,10 @@ class RegistrySnapshot:
         return self._once("event_log", self._event_log)  # type: ignore[no-any-return]
 
     def _event_log(self) -> au.EventLogStatus:
+        """Incremental from the last checkpoint when one is trusted and a full run is recent.
+
+        See :mod:`iotrust.core.audit_eventlog`; anything unexpected falls back to a full run.
+        """
         anchor: EventHead | None = None
         path = self._settings.anchor_file
         if path.exists():
@@ -237,8 +248,43 @@ class RegistrySnapshot:
                 anchor = parse_anchor(path.read_text(encoding="ascii")[:200])
             except (InputError, UnicodeDecodeError, OSError):
                 anchor = None
-        report = verify_chain(self._tx.iter_events(), anchor=anchor)
-        return au.EventLogStatus(report=report, anchored=anchor is not None)
+        anchored = anchor is not None
+        checkpoint = self.event_log_checkpoint()
+        full_due = timedelta(days=self._config.event_log_full_days)
+        if not self._full_event_log and checkpoint is not None and \
+                checkpoint.full_at is not None and self._now - checkpoint.full_at < full_due:
+            head = checkpoint.head
+            anchor_row = (self._q.event_at(anchor.seq)
+                          if anchor is not None and anchor.seq < head.seq else None)
+            report = ael.verify_since(
+                head, self._tx.iter_events(after_seq=head.seq - 1, batch=_EVENT_BATCH),
+                anchor=anchor, anchor_row=anchor_row)
+            if report is not None:
+                return au.EventLogStatus(report, anchored, mode="incremental",
+                                         since_seq=head.seq, full_at=checkpoint.full_at)
+        at_checkpoint: list[EventRow] = []
+
+        def rows() -> Iterator[EventRow]:
+            for row in self._tx.iter_events(batch=_EVENT_BATCH):
+                if checkpoint is not None and row.seq == checkpoint.head.seq:
+                    at_checkpoint.append(row)
+                yield row
+
+        report = verify_chain(rows(), anchor=anchor)
+        if checkpoint is not None:
+            lost = ael.checkpoint_break(checkpoint.head,
+                                        at_checkpoint[0] if at_checkpoint else None)
+            if lost is not None:
+                report = ael.with_break(report, lost)
+        return au.EventLogStatus(report, anchored, mode="full", full_at=self._now)
+
+    def event_log_checkpoint(self) -> ael.Checkpoint | None:
+        """The newest trusted checkpoint an ``audit.completed`` event carries, if any."""
+        for row in self._q.events_carrying(AUDIT_COMPLETED, f'"{ael.CHECKPOINT_KEY}"', 5):
+            found = ael.checkpoint_from(row)
+            if found is not None:
+                return found
+        return None
 
     def rollout_lags(self, stuck_before: datetime) -> Iterator[au.RolloutLag]:
         """Stuck or failed rollout devices."""
@@ -350,6 +396,8 @@ class AuditReport:
     seconds: float
     event_seq: int | None = None
     not_run: dict[str, str] = field(default_factory=dict)
+    #: How the event log was verified (``None``: the check did not run).
+    event_log: dict[str, Any] | None = None
 
     @property
     def by_severity(self) -> dict[str, int]:
@@ -369,6 +417,7 @@ class AuditReport:
                            for r in self.runs],
                 "not_run": self.not_run,
                 "findings": [f.as_dict() for f in self.findings],
+                "event_log": self.event_log,
                 "event_seq": self.event_seq}
 
 
@@ -380,27 +429,41 @@ def _select(check_ids: Sequence[str] | None, skip: Sequence[str] = ()) -> list[a
 
 
 def open_snapshot(tx: Tx, settings: Settings, clock: Clock,
-                  config: au.AuditConfig | None = None) -> RegistrySnapshot:
+                  config: au.AuditConfig | None = None, *,
+                  full_event_log: bool = False) -> RegistrySnapshot:
     """A snapshot of the registry within ``tx`` (suppressions loaded, not expired)."""
     now = clock.now()
     return RegistrySnapshot(tx, settings, now=now, config=config or au.AuditConfig(),
-                            suppressions=AuditTx(tx).suppressions(now))
+                            suppressions=AuditTx(tx).suppressions(now),
+                            full_event_log=full_event_log)
+
+
+def _event_log_summary(status: au.EventLogStatus) -> dict[str, Any]:
+    head = status.report.head
+    return {"mode": status.mode, "since_seq": status.since_seq, "records": status.report.count,
+            "head_seq": head.seq if head is not None else None, "intact": status.report.intact,
+            "full_at": status.full_at.isoformat() if status.full_at is not None else None}
 
 
 def run_audit(db: Database, settings: Settings, clock: Clock, *, actor: str,
               checks: Sequence[str] | None = None, skip: Sequence[str] = (),
-              config: au.AuditConfig | None = None, record: bool = True) -> AuditReport:
+              config: au.AuditConfig | None = None, record: bool = True,
+              full_event_log: bool = False) -> AuditReport:
     """Run the checks (all, or ``checks`` by id, minus ``skip``) and record ``audit.completed``.
 
-    The event-log check reads the whole log (about one SHA-256 per record): on a large fleet
-    schedule it separately (``--check event-log-integrity``) and ``skip`` it in frequent runs.
+    The event-log check verifies the records appended since the checkpoint the last recorded
+    audit left (see :mod:`iotrust.core.audit_eventlog`); the whole chain (about one SHA-256
+    per record) when there is none, when the last full verification is older than
+    ``config.event_log_full_days``, when anything looks wrong, or with ``full_event_log``. When
+    the chain is intact, the recorded ``audit.completed`` event carries the new checkpoint.
     """
     selected = _select(checks, skip)
     started = time.perf_counter()
     findings: list[au.Finding] = []
     runs: list[CheckRun] = []
+    status: au.EventLogStatus | None = None
     with db.transaction(readonly=True) as tx:
-        snapshot = open_snapshot(tx, settings, clock, config)
+        snapshot = open_snapshot(tx, settings, clock, config, full_event_log=full_event_log)
         at = snapshot.now
         states = snapshot.device_states()
         for check in selected:
@@ -409,18 +472,24 @@ def run_audit(db: Database, settings: Settings, clock: Clock, *, actor: str,
             runs.append(CheckRun(check.id, check.title, time.perf_counter() - t0,
                                  len(result.findings), result.suppressed))
             findings.extend(result.findings)
+        if any(c.id == EVENT_LOG_CHECK for c in selected):
+            status = snapshot.event_log()
     findings.sort(key=lambda f: (au.SEVERITY_RANK[f.severity], f.check_id, f.title))
     report = AuditReport(at=at, findings=findings, runs=runs, device_states=states,
-                         seconds=time.perf_counter() - started)
+                         seconds=time.perf_counter() - started,
+                         event_log=_event_log_summary(status) if status is not None else None)
     if record:
+        data: dict[str, eventlog.JSONValue] = {
+            "findings": len(findings), "by_severity": dict(report.by_severity),
+            "by_check": {r.check_id: r.findings for r in runs if r.findings},
+            "suppressed": sum(r.suppressed for r in runs),
+            "checks": [r.check_id for r in runs],
+            "devices": sum(states.values()),
+            "milliseconds": round(report.seconds * 1000)}
+        if status is not None and status.report.intact and status.report.head is not None:
+            data.update(ael.checkpoint_data(status.report.head, status.full_at))
         with db.transaction() as tx:
-            row = eventlog.record(tx, clock, AUDIT_COMPLETED, actor=actor, data={
-                "findings": len(findings), "by_severity": dict(report.by_severity),
-                "by_check": {r.check_id: r.findings for r in runs if r.findings},
-                "suppressed": sum(r.suppressed for r in runs),
-                "checks": [r.check_id for r in runs],
-                "devices": sum(states.values()),
-                "milliseconds": round(report.seconds * 1000)})
+            row = eventlog.record(tx, clock, AUDIT_COMPLETED, actor=actor, data=data)
         report.event_seq = row.seq
     return report
 

@@ -448,7 +448,7 @@ def test_withdrawn_release() -> None:
     assert found[0].evidence["rollouts"] == ["ro-1"]
 
 
-def _config(scope: str, settings: dict, *, version: int = 1,
+def _config(scope: str, settings: dict[str, object], *, version: int = 1,
             mangle: bytes | None = None) -> ConfigDocument:
     """The document ``publish_config`` would write, described as the audit sees it."""
     body = json.dumps({"scope": scope, "version": version, "settings": settings},

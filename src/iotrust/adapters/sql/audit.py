@@ -45,6 +45,7 @@ from iotrust.core.audit import (
 )
 from iotrust.core.audit_keys import P256_SPKI_BASE64
 from iotrust.core.audit_reach import PolicySet
+from iotrust.core.records import EventRow
 from iotrust.errors import ConflictError, NotFoundError
 
 __all__ = ["AuditTx", "ModelFacts", "SuppressionRow"]
@@ -505,12 +506,37 @@ class AuditTx:
         n = len(bounds)
         return {"expiry": [int(v or 0) for v in row[:n]], "age": [int(v or 0) for v in row[n:]]}
 
+    # -- the event log ---------------------------------------------------------------------------
+
+    def events_carrying(self, kind: str, marker: str, limit: int) -> list[EventRow]:
+        """The last ``limit`` events of ``kind`` whose data contains ``marker``, newest first.
+
+        Walks the ``(kind, seq)`` index backwards; only events of ``kind`` are tested.
+        """
+        e = s.events
+        rows = self._exec(select(e)
+                          .where(e.c.kind == kind, e.c.data.contains(marker, autoescape=True))
+                          .order_by(e.c.seq.desc()).limit(limit))
+        return [_event_row(r) for r in rows]
+
+    def event_at(self, seq: int) -> EventRow | None:
+        """The record with sequence number ``seq``, if there is one."""
+        e = s.events
+        row = self._exec(select(e).where(e.c.seq == seq)).first()
+        return None if row is None else _event_row(row)
+
     def audit_history(self, kind: str, limit: int) -> list[tuple[datetime, str]]:
         """The ``(at, data)`` of the last ``limit`` events of ``kind``, oldest first."""
         e = s.events
         rows = self._exec(select(e.c.at, e.c.data).where(e.c.kind == kind)
                           .order_by(e.c.seq.desc()).limit(limit)).all()
         return [(r[0], r[1]) for r in reversed(rows)]
+
+
+def _event_row(row: Any) -> EventRow:  # noqa: ANN401 - a driver row
+    return EventRow(seq=int(row.seq), at=row.at, kind=row.kind, actor=row.actor,
+                    device_id=row.device_id, reason=row.reason, data=row.data,
+                    prev_hash=row.prev_hash, hash=row.hash)
 
 
 def _suppression(row: Any) -> SuppressionRow:  # noqa: ANN401 - a driver row

@@ -61,6 +61,16 @@ def devices_by_serial(fleet: Fleet) -> dict[str, dict[str, object]]:
     return {row["serial"]: row for row in json.loads(proc.stdout)}
 
 
+def device_record(fleet: Fleet, device_id: str) -> dict[str, object]:
+    """``iotrust devices show`` as JSON: the registry's record of one device."""
+    proc = subprocess.run([*IOTRUST, "--json", "devices", "show", device_id],
+                          env=fleet.server_env(), capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    record: dict[str, object] = json.loads(proc.stdout)
+    return record
+
+
 def test_the_entry_point_is_installed() -> None:
     script = Path(sys.executable).parent / "iotrust-agent"
     assert script.exists(), "reinstall the package: pip install -e ."
@@ -85,6 +95,8 @@ def test_a_genuine_device_onboards(fleet: Fleet, server: Server, tmp_path: Path)
     row = devices_by_serial(fleet)[serial]
     assert row["state"] == "active"
     assert row["id"] == shown["device_id"]
+    # the agent stated its development key store in the hello; the registry says so
+    assert device_record(fleet, row["id"])["key_storage"] == "file"
 
     # the owner pin the agent kept is the fleet's operational root
     root = pki.load_certificate(fleet.root_pem.read_bytes())

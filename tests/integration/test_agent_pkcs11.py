@@ -80,6 +80,7 @@ def test_onboarding_with_keys_on_the_token(tmp_path: Path, token: SoftHsmToken) 
 
     assert state.confirmed
     assert state.key_storage == "pkcs11"
+    assert list(server.claims.values()) == ["pkcs11"]  # stated in the hello, signed in attest
     assert server.devices[serial].state is DeviceState.ACTIVE
     op_ref = KeyRef.pkcs11(token.module, token.label, f"ldevid-{serial}-1")
     assert state.operational_key_ref == str(op_ref)

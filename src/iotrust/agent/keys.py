@@ -5,13 +5,16 @@ Two stores, named by the key reference the factory recorded in the device folder
 
 * ``devfile:`` — an unencrypted key file (:class:`~iotrust.adapters.keys.DeviceFileKey`), for
   development only: anyone who can read the file owns the device. The agent records
-  ``key_storage: "file"`` and the posture audit flags such devices as weak key storage.
+  ``key_storage: "file"`` and states it in its onboarding hello; the server records it on the
+  device and the posture audit flags such devices as weak key storage.
   The operational key is ``<state>/operational.key.pem`` (mode 0600).
 * ``pkcs11:`` — a key on a PKCS#11 token (:class:`~iotrust.adapters.keys.Pkcs11Signer`: secure
   element, TPM, HSM; SoftHSM2 in tests). The key is generated on the token, sensitive and not
   extractable; only signatures leave it. The operational key goes on the same token, labelled
   ``ldevid-<serial>-<n>`` (``n`` the first free number: an interrupted attempt leaves its key
   behind, and PKCS#11 labels are never reused). The PIN comes from ``IOTRUST_PKCS11_PIN``.
+  The hello states ``key_storage: "pkcs11"``; the server records it only as far as the device
+  model's hardware profile backs it.
 
 The operational key always lives in the same kind of store as the factory key: a device with a
 secure element does not put its operational key in a file.

@@ -5,8 +5,10 @@
 1. read the factory identity the device shipped with (:func:`read_device_folder`: the factory
    certificate, its issuing chain, the manufacturer root(s), ``device.json``) and open the
    factory key;
-2. **hello** — then verify the voucher the server returns against the *shipped* manufacturer
-   root and check it names this device and this factory key; pin the owner it names;
+2. **hello** — stating the device's key storage (``file`` or ``pkcs11``, from the factory key's
+   reference; the factory key signs it again in the attest) — then verify the voucher the
+   server returns against the *shipped* manufacturer root and check it names this device and
+   this factory key; pin the owner it names;
 3. make a **new** operational key in the device's own kind of key store and a CSR for it;
 4. **attest** — sign the transcript with the factory key; verify the reply: the certificate is
    for the CSR key and names the device id, and its chain ends in the pinned owner root
@@ -177,14 +179,15 @@ def onboard(device_dir: Path, state_dir: Path, transport: Transport, *,
     operational: keys.OperationalKey | None = None
     try:
         _check_factory_key(factory, identity)
+        storage = keys.key_storage(identity.key_ref)
         hello = build_hello(serial=identity.serial, factory_chain=identity.factory_chain,
-                            random=random)
+                            random=random, key_storage=storage)
         hello_resp = HelloResponse.from_wire(_post(transport, HELLO_PATH, hello.to_wire()))
         session = accept_hello_response(hello_resp, hello=hello,
                                         manufacturer_anchors=identity.manufacturer_roots,
                                         now=now())
         # The server accepted a hello, so no confirmed credential uses a key left behind.
-        if keys.key_storage(identity.key_ref) == keys.FILE_STORAGE:
+        if storage == keys.FILE_STORAGE:
             keys.discard_unconfirmed_file_key(state_dir)
         operational = keys.create_operational_key(identity.key_ref, state_dir, identity.serial,
                                                   pin=pin)

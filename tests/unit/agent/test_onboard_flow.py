@@ -165,6 +165,7 @@ class ServerSimulator:
         self.issuer = world.domain  # whose issuing CA signs operational certificates
         self.sessions: dict[str, OnboardingSession] = {}
         self.factory_keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        self.claims: dict[str, str | None] = {}  # session id -> the hello's key_storage claim
         self.certificates: dict[str, x509.Certificate] = {}
         self.known_keys: set[str] = set()
         self.calls: list[str] = []
@@ -210,6 +211,7 @@ class ServerSimulator:
             expires_at=session.expires_at, state=SessionState.OPEN, source="simulator",
             created_at=now)
         self.factory_keys[session.record_id] = decision.factory_public_key
+        self.claims[session.record_id] = req.key_storage
         resp = hello_response(dataclasses.replace(decision, voucher=self.voucher), session,
                               server_id=SERVER_ID)
         return 200, resp.to_wire()
@@ -224,7 +226,7 @@ class ServerSimulator:
             req, session=record, now=now, server_id=SERVER_ID,
             factory_public_key=self.factory_keys.get(sid, self.world.factory_public_key),
             voucher_sha256=mv.sha256(self.world.voucher), nonce_consumed_ok=consumed,
-            known_key=lambda spki: spki in self.known_keys)
+            known_key=lambda spki: spki in self.known_keys, key_storage=self.claims.get(sid))
         assert record is not None
         self.sessions[sid] = dataclasses.replace(record, state=SessionState.ATTESTED)
         self.known_keys.add(decision.csr_spki_sha256)
@@ -302,6 +304,7 @@ def test_onboards_and_saves_its_state(world: World, server: ServerSimulator,
     assert state.owner_spki_sha256 == world.domain.owner_spki_sha256
     assert state.server_id == SERVER_ID
     assert state.key_storage == "file"
+    assert list(server.claims.values()) == ["file"]  # stated in the hello, signed in the attest
     assert (state.broker_host, state.broker_port) == ("broker.test", 8883)
     assert state.update_root == b'{"signed":{}}'
     # the certificate is for the operational key, not the factory key, and chains to the owner

@@ -35,8 +35,10 @@ from iotrust.core.onboarding import (
     build_hello,
 )
 from iotrust.core.onboarding import reasons as r
+from iotrust.core.policy import Action, Rule
 from iotrust.errors import TrustError
 from iotrust.ports import FixedClock
+from iotrust.services import audit, policies
 from iotrust.services import hardware as hw_svc
 from iotrust.services.onboarding import OnboardingService
 
@@ -70,7 +72,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, clock: FixedClock) -> Fleet:
-    fleet = build_fleet(tmp_path_factory.mktemp("onb-ks"), makers=(Maker("ksco", count=12),),
+    fleet = build_fleet(tmp_path_factory.mktemp("onb-ks"), makers=(Maker("ksco", count=14),),
                         clock=clock)
     db = fleet.open_db()
     try:
@@ -97,7 +99,7 @@ def svc(fleet: Fleet, db: Database, clock: FixedClock) -> OnboardingService:
     return OnboardingService(db, clock, fleet.settings, fleet.secrets)
 
 
-_next = iter(range(12))
+_next = iter(range(14))
 
 
 def device(fleet: Fleet, db: Database, model: str | None = None) -> FleetDevice:
@@ -183,3 +185,32 @@ def test_a_claim_altered_in_flight_is_refused(fleet: Fleet, db: Database,
     assert stored.state is DeviceState.EXPECTED
     assert stored.key_storage is KeyStorage.UNKNOWN
 
+
+
+# --- the posture audit -------------------------------------------------------------------------
+
+def test_the_audit_flags_a_file_key_device_with_sensitive_permissions(
+        fleet: Fleet, db: Database, svc: OnboardingService, clock: FixedClock) -> None:
+    """weak-key-storage: the development-key device trips it, the token device does not."""
+    file_device = onboard(svc, device(fleet, db), clock, "file")
+    plain_file_device = onboard(svc, device(fleet, db), clock, "file")  # default policy only
+    token_device = onboard(svc, device(fleet, db, "tpm-gateway"), clock, "pkcs11")
+    policies.create(db, clock, "fleet-reader", [
+        Rule(Action.PUBLISH, "devices/{device_id}/telemetry"),
+        Rule(Action.SUBSCRIBE, "devices/+/telemetry", shared=True),  # beyond the default
+    ], actor="tests@ks")
+    policies.add_to_group(db, clock, "readers", [file_device, token_device], actor="tests@ks")
+    policies.assign_to_group(db, clock, "fleet-reader", "readers", actor="tests@ks")
+
+    report = audit.run_audit(db, fleet.settings, clock, actor="tests@ks",
+                             checks=["weak-key-storage"], record=False)
+    affected = {d for f in report.findings for d in f.affected}
+    assert file_device in affected
+    assert token_device not in affected
+    [finding] = [f for f in report.findings if file_device in f.affected]
+    assert finding.evidence["key_storage"] == "file"
+    # a device with only the default policy is no finding, whatever its key storage
+    assert plain_file_device not in affected
+    with db.transaction(readonly=True) as tx:
+        assert tx.get_device(plain_file_device).key_storage is KeyStorage.FILE
+        assert tx.get_device(token_device).key_storage is KeyStorage.PKCS11

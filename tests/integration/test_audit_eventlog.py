@@ -7,9 +7,13 @@ forged checkpoint is not trusted."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from tests.integration.audit_fleet import AuditFleet, clean_fleet
@@ -19,7 +23,7 @@ from iotrust.core.audit_eventlog import CHECKPOINT_KEY
 from iotrust.core.events import EventDraft, chain_next
 from iotrust.core.records import EventHead, EventRow
 from iotrust.services import audit as svc
-from iotrust.services import eventlog
+from iotrust.services import audit_report, eventlog
 
 ACTOR = "tests@audit"
 CHECK = "event-log-integrity"
@@ -149,3 +153,27 @@ def test_a_forged_checkpoint_is_not_trusted(tmp_path: Path) -> None:
     assert report.event_log is not None
     assert report.event_log["mode"] == "full"
     assert {a for f in critical for a in f.affected} == {"event:3", f"event:{carrier.seq}"}
+
+
+def test_cli_full_and_the_report_say_how_the_log_was_verified(tmp_path: Path) -> None:
+    fleet = clean_fleet(tmp_path)
+    env = dict(os.environ, IOTRUST_DATA=str(fleet.settings.data_dir),
+               IOTRUST_DATABASE_URL=fleet.settings.database_url)
+
+    def cli(*args: str) -> dict[str, Any]:
+        proc = subprocess.run([sys.executable, "-m", "iotrust.cli.main", "audit", "--json",
+                               "--check", CHECK, *args], env=env, capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr
+        report: dict[str, Any] = json.loads(proc.stdout)
+        return report
+
+    assert cli()["event_log"]["mode"] == "full"
+    assert cli()["event_log"]["mode"] == "incremental"
+    assert cli("--full")["event_log"]["mode"] == "full"
+    report, _ = _audit(fleet)
+    assert report.event_log is not None
+    assert report.event_log["mode"] == "incremental"
+    page = audit_report.build_html(fleet.db, fleet.settings, fleet.clock, report)
+    assert 'id="event-log-verification"' in page
+    assert f"from the checkpoint at record {report.event_log['since_seq']}" in page

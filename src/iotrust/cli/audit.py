@@ -1,7 +1,8 @@
 """``iotrust audit``: the fleet posture audit, its suppressions and mitigations.
 
-``iotrust audit [--json | --html FILE] [--check ID ...]`` runs the checks and records an
-``audit.completed`` event; findings are reported, not turned into exit codes (0 whatever they
+``iotrust audit [--json | --html FILE] [--check ID ...] [--full]`` runs the checks and records an
+``audit.completed`` event (``--full``: verify the whole event log, not only since the last
+checkpoint); findings are reported, not turned into exit codes (0 whatever they
 are). ``iotrust audit suppress CHECK TARGET --reason ...`` records who accepted what and why;
 ``iotrust audit mitigate CHECK TARGET --action quarantine|rotate|notify`` applies one reversible
 action, recorded as an event. ``iotrust audit checks`` lists the checks. Commands map onto
@@ -60,6 +61,12 @@ def _print(report: svc.AuditReport) -> None:
     out.print(table)
     counts = ", ".join(f"{v} {k}" for k, v in report.by_severity.items())
     out.print(f"[bold]by severity[/]: {escape(counts)}", highlight=False)
+    log = report.event_log
+    if log is not None:
+        how = (f"incremental since record {log['since_seq']}" if log["mode"] == "incremental"
+               else "full")
+        out.print(f"[bold]event log[/]: {log['records']} record(s) verified ({escape(how)}; "
+                  f"last full verification {escape(str(log['full_at']))})", highlight=False)
 
 
 @app.callback()
@@ -73,6 +80,9 @@ def audit_cmd(
     skip: list[str] = typer.Option([], "--skip", help="Leave this check out (repeatable)."),
     no_record: bool = typer.Option(False, "--no-record",
                                    help="Do not record the audit.completed event."),
+    full: bool = typer.Option(False, "--full",
+                              help="Verify the whole event-log chain, not only the records "
+                                   "since the last audit's checkpoint."),
 ) -> None:
     """Run the posture audit (every check, or those named with --check)."""
     STATE.json = STATE.json or json_out
@@ -83,7 +93,7 @@ def audit_cmd(
         db = STATE.db()
         try:
             report = svc.run_audit(db, settings, CLOCK, actor=STATE.actor(), checks=check,
-                                   skip=skip, record=not no_record)
+                                   skip=skip, record=not no_record, full_event_log=full)
             if html_out is not None:
                 from iotrust.services import audit_report  # noqa: PLC0415 - matplotlib: only here
 

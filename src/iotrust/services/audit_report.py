@@ -215,8 +215,16 @@ def _checks_table(report: audit_svc.AuditReport) -> str:
     rows = "".join(f"<tr><td><code>{e(r.check_id)}</code></td><td>{e(r.title)}</td>"
                    f"<td>{r.findings}</td><td>{r.suppressed}</td><td>{r.seconds:.3f}</td></tr>"
                    for r in report.runs)
+    log = report.event_log
+    note = ""
+    if log is not None:
+        how = (f"incremental, from the checkpoint at record {log['since_seq']}"
+               if log["mode"] == "incremental" else "full, from record 1")
+        note = (f'<p id="event-log-verification">Event log: {int(log["records"])} record(s) '
+                f"verified ({e(how)}); last full verification: {e(str(log['full_at']))}. "
+                "<code>iotrust audit --full</code> re-verifies the whole chain.</p>")
     return ("<table><thead><tr><th>check</th><th>title</th><th>findings</th><th>suppressed</th>"
-            f"<th>seconds</th></tr></thead><tbody>{rows}</tbody></table>")
+            f"<th>seconds</th></tr></thead><tbody>{rows}</tbody></table>{note}")
 
 
 def render(data: ReportData) -> str:

@@ -10,14 +10,20 @@ within a week, 20 older than a year; 5 in a "spy" group with a shared ``devices/
 subscription; 100 gateways (quick: 10) with 10 named downstream devices each; 30 devices not
 seen for 60 days; zombie rows for the retired ones.
 
+The event log holds the set-up events plus two chained records per device (``device.expected``
+and ``device.onboarded``, bulk-inserted; 2,000,000 at 1M devices), and configuration is
+published for :data:`CONFIG_DEVICES` devices (one in ten a copy of another's) and one group.
+
 ``run(quick)`` returns, per backend (SQLite, and PostgreSQL when ``scripts/postgres.sh`` or
 ``IOTRUST_BENCH_POSTGRES_URL`` provides one), one row with the total audit time and the time of
-every check (``extra.checks``), plus the build time.
+every check, plus the build time. The audit runs twice, as a scheduler would: the first run
+has no checkpoint and verifies the whole event log (``extra.full``, the cost of every audit
+before incremental verification), then :data:`APPENDED` events are appended and the second run
+verifies only those from the first run's checkpoint (``extra.incremental``; the row's
+``seconds``). ``extra.event_log_floor_s`` is the floor of a full verification measured in the
+same run: one ``hashlib.sha256`` of a 300-byte string per record, nothing else.
 ``python -m benchmarks.audit [--quick] [--sqlite] [--postgresql]`` prints each row as soon as
 its backend is done.
-The event log holds only the set-up events here: verifying the chain costs about one SHA-256 of
-each record's canonical JSON; ``extra.event_log_records_per_s`` gives the rate, from which the
-cost of a full fleet's log follows.
 """
 
 from __future__ import annotations
@@ -44,12 +50,14 @@ from sqlalchemy import create_engine, insert, update
 from benchmarks.registry import MANUFACTURER, OWNER, PRODUCT_ID, VENDOR_ID, add_manufacturer
 from iotrust.adapters.sql import schema as s
 from iotrust.adapters.sql.store import Database
+from iotrust.core.events import EventDraft, chain_next
 from iotrust.core.ids import new_device_id
 from iotrust.core.lifecycle import Device, DeviceState, KeyStorage, RetirementReason
 from iotrust.core.policy import Action, Rule
+from iotrust.core.records import EventHead
 from iotrust.ports import FixedClock
 from iotrust.services import audit as audit_svc
-from iotrust.services import credentials, policies
+from iotrust.services import credentials, policies, updates
 from iotrust.services import hardware as hw_svc
 from iotrust.services.domain import KeyBackend, Secrets, init_domain
 from iotrust.services.gateways import authorize_gateway
@@ -61,6 +69,10 @@ ACTOR = "bench@iotrust"
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 CHUNK = 20_000
 POOL = 256
+#: Records appended between the two audits (a busy day at 1M devices is of this order).
+APPENDED = 10_000
+#: Devices that get a configuration document (every tenth a copy of the previous one's).
+CONFIG_DEVICES = 200
 MODELS = (("tiny-mcu", "class1-mcu.yaml"), ("se-sensor", "mcu-secure-element.yaml"),
           ("tz-sensor", "mcu-trustzone.yaml"), ("gw-tpm", "linux-gateway-tpm.yaml"))
 STORAGE = (KeyStorage.SECURE_ELEMENT, KeyStorage.SECURE_ELEMENT, KeyStorage.TPM,
@@ -139,6 +151,57 @@ def _credential_rows(start: int, count: int, ca_id: str, pool: list[str]) -> lis
     return rows
 
 
+def _event_rows(head: EventHead | None, start: int, count: int,
+                ) -> tuple[list[dict[str, Any]], EventHead | None]:
+    """Two chained records per device ``start .. start+count-1``, after ``head``."""
+    rows = []
+    for i in range(start, start + count):
+        device = _id(i)
+        for draft in (EventDraft(kind="device.expected", actor="vouchers@iotrust",
+                                 device_id=device, data={"serial": f"AB{i:09d}",
+                                                         "voucher_sha256": f"{i:064x}"}),
+                      EventDraft(kind="device.onboarded", actor="onboarding@iotrust",
+                                 device_id=device, data={"credential": f"{i + 1:x}"})):
+            row = chain_next(head, draft, NOW - timedelta(days=100))
+            head = row.head
+            rows.append({"seq": row.seq, "at": row.at, "kind": row.kind, "actor": row.actor,
+                         "device_id": row.device_id, "reason": row.reason, "data": row.data,
+                         "prev_hash": row.prev_hash, "hash": row.hash})
+    return rows, head
+
+
+def append_events(db: Database, settings: Settings, count: int, start: int = 0) -> None:
+    """Bulk-append ``count`` device records (two per device from ``start``) to the chain."""
+    with db.transaction(readonly=True) as tx:
+        head = tx.event_head()
+    engine = create_engine(settings.database_url)
+    try:
+        for first in range(start, start + count // 2, CHUNK):
+            rows, head = _event_rows(head, first, min(CHUNK, start + count // 2 - first))
+            with engine.begin() as conn:
+                conn.execute(insert(s.events), rows)
+        assert head is not None
+        with engine.begin() as conn:
+            conn.execute(update(s.event_head).where(s.event_head.c.id == 1)
+                         .values(seq=head.seq, hash=head.hash))
+    finally:
+        engine.dispose()
+
+
+def publish_configs(settings: Settings, devices: int) -> None:
+    """One group document and ``devices`` device documents, every tenth a copy."""
+    clock = FixedClock(NOW)
+    updates.init_updates(settings, KeyBackend(kind="file", passphrase=PASSPHRASE), clock)
+    image = updates.open_image(settings, Secrets(passphrase=PASSPHRASE))
+    updates.publish_config(image, {"interval_s": 60, "broker": "mqtt.example"},
+                           scope="groups/all", version=1, now=NOW)
+    for i in range(devices):
+        source = i - 1 if i % 10 == 9 else i
+        updates.publish_config(image, {"device_token": hashlib.sha256(
+            b"token:%d" % source).hexdigest(), "name": f"pump-{source}"}, scope=_id(i),
+            version=1, now=NOW)
+
+
 def build(folder: Path, size: int, url: str | None) -> tuple[Database, Settings, float]:
     """Create the synthetic registry; returns it and the build time."""
     t0 = time.perf_counter()
@@ -156,6 +219,8 @@ def build(folder: Path, size: int, url: str | None) -> tuple[Database, Settings,
     for start in range(0, size, CHUNK):
         with db.transaction() as tx:
             tx.add_devices(_devices(start, min(CHUNK, size - start)))
+    append_events(db, settings, 2 * size)
+    publish_configs(settings, min(CONFIG_DEVICES, size))
     with db.transaction() as tx:
         ca_id = next(c.id for c in tx.list_cas(role="issuing"))
     pool = _certificate_pool()
@@ -205,19 +270,38 @@ def build(folder: Path, size: int, url: str | None) -> tuple[Database, Settings,
     return db, settings, time.perf_counter() - t0
 
 
-def _audit(db: Database, settings: Settings) -> dict[str, Any]:
-    clock = FixedClock(NOW)
-    report = audit_svc.run_audit(db, settings, clock, actor=ACTOR, record=False)
+def _once(db: Database, settings: Settings) -> dict[str, Any]:
+    report = audit_svc.run_audit(db, settings, FixedClock(NOW), actor=ACTOR)
     by_check = {r.check_id: round(r.seconds, 3) for r in report.runs}
-    with db.transaction(readonly=True) as tx:
-        events = tx.count_events()
     chain_s = by_check.get("event-log-integrity", 0.0)
-    return {"seconds": report.seconds, "checks": by_check,
+    log = report.event_log or {}
+    return {"seconds": round(report.seconds, 3), "checks": by_check,
+            "event_log": log,
+            "event_log_records_per_s": round(log.get("records", 0) / chain_s) if chain_s
+            else None,
             "findings": {f.check_id: f.evidence.get("count", len(f.affected))
                          for f in report.findings},
-            "by_severity": report.by_severity, "devices": sum(report.device_states.values()),
-            "events": events,
-            "event_log_records_per_s": round(events / chain_s) if chain_s else None}
+            "by_severity": report.by_severity, "devices": sum(report.device_states.values())}
+
+
+def _floor(records: int) -> float:
+    """One SHA-256 of a 300-byte string per record: what no verification can go below."""
+    data = [b"%0300d" % i for i in range(min(records, 100_000))]
+    t0 = time.perf_counter()
+    for item in data:
+        hashlib.sha256(item).hexdigest()
+    return (time.perf_counter() - t0) * records / len(data)
+
+
+def _audit(db: Database, settings: Settings, size: int) -> dict[str, Any]:
+    full = _once(db, settings)
+    append_events(db, settings, APPENDED, start=size)
+    incremental = _once(db, settings)
+    with db.transaction(readonly=True) as tx:
+        events = tx.count_events()
+    return {"seconds": incremental["seconds"], "events": events,
+            "event_log_floor_s": round(_floor(events), 3),
+            "incremental": incremental, "full": full}
 
 
 @contextlib.contextmanager
@@ -252,7 +336,7 @@ def run_backend(backend: str, size: int) -> dict[str, Any]:
         if backend == "sqlite":
             db, settings, build_s = build(base / "sqlite", size, None)
             try:
-                return _row("sqlite", size, build_s, _audit(db, settings))
+                return _row("sqlite", size, build_s, _audit(db, settings, size))
             finally:
                 db.close()
         with _postgres() as url:
@@ -260,7 +344,7 @@ def run_backend(backend: str, size: int) -> dict[str, Any]:
                 return {"name": "audit_full_postgresql", "skipped": "no PostgreSQL"}
             db, settings, build_s = build(base / "pg", size, url)
             try:
-                return _row("postgresql", size, build_s, _audit(db, settings))
+                return _row("postgresql", size, build_s, _audit(db, settings, size))
             finally:
                 db.close()
     finally:

@@ -3,9 +3,11 @@
 :func:`run_audit` opens one read-only transaction, builds a :class:`RegistrySnapshot` (the
 :class:`iotrust.core.audit.Snapshot` of the registry: SQL aggregates and streamed rows from
 :mod:`iotrust.adapters.sql.audit`, the published CRL files, the exported event-log anchor, the
-stored hardware profiles assessed by :mod:`iotrust.core.hardware`), runs every check (or the ones
-asked for), times each, and records one ``audit.completed`` event with the counts (the HTML
-report plots those events over time). Run it from a scheduler (cron, a systemd timer) as
+stored hardware profiles assessed by :mod:`iotrust.core.hardware`, the current configuration
+documents of the TUF image repository), runs every check (or the ones asked for), times each,
+and records one ``audit.completed`` event with the counts (the HTML report plots those events
+over time) and, when the event log was found intact, the checkpoint the next audit verifies
+from (:mod:`iotrust.core.audit_eventlog`). Run it from a scheduler (cron, a systemd timer) as
 ``iotrust audit --json``; nothing here keeps a process alive.
 
 :func:`suppress` records who accepted which finding target and why (``audit.suppressed``);

@@ -4,7 +4,12 @@
 CN), re-subscribes on every (re)connect, hands each delivered message to a callback, and
 publishes at QoS 1, waiting for the PUBACK and returning its MQTT 5 reason code (0 accepted,
 0x10 no subscribers, 0x87 not authorized ...). paho's own errors (socket, TLS, timeouts) are
-turned into :class:`~iotrust.errors.BackendError` here, at this one seam.
+turned into :class:`~iotrust.errors.BackendError` here, at this one seam — except a TLS alert
+from the broker during the connection (our certificate revoked, from an unknown CA, expired ...),
+which is the broker refusing this identity: :class:`~iotrust.errors.TrustError`
+``broker_refused_tls``, at once, never retried. With TLS 1.3 the broker rejects a client
+certificate only after the client's side of the handshake completed, so the alert arrives on
+paho's network thread; paho reports it only through its log callback, which is where it is read.
 
 The key must be a PEM file (``ssl`` loads it): a key held on a PKCS#11 token cannot be used for
 the TLS client handshake by this adapter.
@@ -16,6 +21,7 @@ broker (see :mod:`.mosquitto`).
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 import threading
 import time
@@ -29,12 +35,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from iotrust.errors import BackendError, InputError
+from iotrust.errors import BackendError, InputError, TrustError
 
 #: PUBACK reason codes below this are successes (MQTT 5 §3.4.2.1).
 FIRST_FAILURE_CODE: Final = 0x80
 NOT_AUTHORIZED: Final = 0x87
 MAX_PORT: Final = 65535
+#: OpenSSL's name for a TLS alert the peer sent, e.g. ``SSLV3_ALERT_CERTIFICATE_REVOKED``.
+_TLS_ALERT: Final = re.compile(r"\b(?:SSLV3|TLSV1|TLSV13)_ALERT_([A-Z_]{1,64})\b")
 
 MessageHandler = Callable[[str, bytes], None]
 
@@ -82,6 +90,7 @@ class MqttSession:
         self._cond = threading.Condition()
         self._acks: dict[int, int] = {}
         self._connack: int | None = None
+        self._tls_alert: str | None = None  # a TLS alert from the broker before any CONNACK
         self._suback_mids: set[int] = set()
         self._subscribed = False
         self._started = False
@@ -98,6 +107,7 @@ class MqttSession:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_log = self._on_log
         self._client = client
 
     # -- paho callbacks (its network thread) ------------------------------------------------
@@ -121,6 +131,17 @@ class MqttSession:
             self.disconnects += 1
             self._cond.notify_all()
 
+    def _on_log(self, _c: Any, _u: Any, level: int, message: str) -> None:  # noqa: ANN401
+        if level != mqtt.MQTT_LOG_ERR:
+            return
+        alert = _tls_alert(message)
+        if alert is None:
+            return
+        with self._cond:
+            if self._connack is None:  # refused at the handshake, not dropped later
+                self._tls_alert = alert
+                self._cond.notify_all()
+
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:  # noqa: ANN401
         if self._handler is not None:
             self._handler(msg.topic, bytes(msg.payload))
@@ -143,8 +164,10 @@ class MqttSession:
         """Connect, wait for the CONNACK (and the SUBACKs); paho reconnects by itself afterwards.
 
         Raises:
-            BackendError: ``broker_unreachable`` (network, TLS handshake), ``broker_refused``
-                (a failing CONNACK), ``broker_timeout``.
+            TrustError: ``broker_refused_tls`` — the broker refused this client's certificate
+                with a TLS alert (revoked, unknown CA, expired ...).
+            BackendError: ``broker_unreachable`` (network, a TLS failure on this side),
+                ``broker_refused`` (a failing CONNACK), ``broker_timeout``.
         """
         props = None
         if self._expiry:
@@ -152,11 +175,15 @@ class MqttSession:
             props.SessionExpiryInterval = self._expiry
         with self._cond:
             self._connack = None
+            self._tls_alert = None
             self._subscribed = not self._subscriptions
         try:
             self._client.connect(self.endpoint.host, self.endpoint.port, keepalive=30,
                                  clean_start=self._clean_start, properties=props)
         except (OSError, ssl.SSLError) as exc:
+            alert = _tls_alert(str(exc)) if isinstance(exc, ssl.SSLError) else None
+            if alert is not None:  # TLS 1.2: the broker's alert ends the handshake itself
+                raise _refused_tls(self.endpoint, alert) from None
             raise BackendError(f"cannot reach the broker at {self.endpoint.host}:"
                                f"{self.endpoint.port}: {type(exc).__name__}",
                                reason="broker_unreachable") from None
@@ -167,6 +194,8 @@ class MqttSession:
         with self._cond:
             while self._connack is None or (
                     self._connack < FIRST_FAILURE_CODE and not self._subscribed):
+                if self._connack is None and self._tls_alert is not None:
+                    raise _refused_tls(self.endpoint, self._tls_alert)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise BackendError("the broker did not answer the connection",
@@ -216,3 +245,15 @@ class MqttSession:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _tls_alert(message: str) -> str | None:
+    """The alert named in an OpenSSL error text (``certificate_revoked``), or ``None``."""
+    found = _TLS_ALERT.search(message)
+    return found.group(1).lower() if found is not None else None
+
+
+def _refused_tls(endpoint: MqttEndpoint, alert: str) -> TrustError:
+    return TrustError(f"the broker at {endpoint.host}:{endpoint.port} refused this client's "
+                      f"certificate at the TLS handshake (alert: {alert})",
+                      reason="broker_refused_tls")

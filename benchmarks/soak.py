@@ -1,23 +1,33 @@
 """Soak test: a fleet of simulated devices against ``iotrust serve --workers N`` for a fixed time.
 
-``make soak`` (``python -m benchmarks.soak [--minutes 10] [--devices 2000] [--sqlite]``):
+``make soak`` (``python -m benchmarks.soak [--minutes 10] [--devices 2000] [--sqlite]
+[--no-mqtt] [--publish-rate 40]``):
 
 * a real supply chain is made first (factory, minted devices, vouchers imported into a fresh
   trust domain on a fresh PostgreSQL database from ``scripts/postgres.sh``, dropped at the end;
   ``--sqlite`` uses a file instead), the per-source onboarding limit is switched off in that
   domain and the server runs with ``IOTRUST_AUTH_FAILURE_LIMIT=0`` (every device is 127.0.0.1);
+* the trust domain's own Mosquitto and ``iotrust ingest run`` are started
+  (:mod:`benchmarks.soak_mqtt`); the server applies every lifecycle change to that broker;
 * device threads then mix, at random and until the time is up, onboarding (hello, attest,
   confirm), credential rotation (begin, complete, confirm, signed with the device-side helpers of
   :mod:`iotrust.core.onboarding` and :mod:`iotrust.core.rotation`) and operator actions with an
   admin token (quarantine, release, retire). Each device is held by one thread at a time, so a
   request is only refused when the server is wrong or a limit is hit;
-* the server processes' RSS is sampled every 10 s;
+* publisher threads take devices too (active, quarantined or retired) and publish bursts of
+  signed telemetry (COSE_Sign1, per-device counter) over mutual TLS with the device's current
+  credential, one connection per burst, paced to ``--publish-rate`` messages/s. An active
+  device must be accepted; a quarantined one refused (PUBACK 0x87), a retired one refused at the
+  handshake (CRL); a device that rotated must be refused with its previous credential. At the
+  end every accepted message must be stored by ingest, and nothing else;
+* the RSS of every process (server supervisor and workers, broker, ingest) is sampled every
+  10 s and judged bounded or growing (:mod:`benchmarks.soak_memory`);
 * at the end the registry is checked: no ACTIVE device without exactly one ACTIVE credential, no
   credential without its ``credential.issued`` event, and the event chain verifies.
 
-Prints a table and writes ``benchmarks/results/soak.json``. It does not publish MQTT (that needs a
-broker per run and measures the broker rather than iotrust) and is not part of the CI run; the
-load generator skips the device's own voucher and chain checks (as ``benchmarks/onboarding.py``).
+Prints a table and writes ``benchmarks/results/soak.json``; exits 1 on any error, broken
+invariant or growing memory. Not part of the CI run; the load generator skips the device's own
+voucher and chain checks (as ``benchmarks/onboarding.py``).
 """
 
 from __future__ import annotations
@@ -27,14 +37,13 @@ import hashlib
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +52,7 @@ from urllib.parse import urlsplit
 import httpx
 from cryptography.hazmat.primitives import serialization
 
-from benchmarks import SoftKey
+from benchmarks import SoftKey, soak_memory, soak_mqtt
 from benchmarks.onboarding import SimulatedDevice, _lean_onboarded, _lean_session
 from benchmarks.registry import (
     ACTOR,
@@ -54,6 +63,7 @@ from benchmarks.registry import (
     VENDOR_ID,
 )
 from iotrust.adapters.keys.file import DeviceFileKey
+from iotrust.adapters.mqtt.mosquitto import free_port
 from iotrust.adapters.sql.store import Database
 from iotrust.core import events as ev
 from iotrust.core import onboarding as proto
@@ -75,16 +85,30 @@ PAGE = 10_000
 WEIGHTS = {"rotate": 6, "quarantine": 2, "release": 2, "retire": 1, "read": 3}
 #: Refusals that are an expected answer, not an error (op -> HTTP statuses); none so far.
 EXPECTED: dict[str, set[int]] = {}
+#: Which devices a publish burst takes (the rest of the mix acts on them meanwhile).
+PUBLISH_FROM = {"active": 8, "quarantined": 1, "retired": 1}
+BURST = 5
+#: A device publishes only this long after its onboarding confirmation: the server applies the
+#: new device's broker rules asynchronously (``api.onboarding.BROKER_RESYNC_S``, coalesced).
+ONBOARD_SETTLE_S = 3.0
 
 
 @dataclass(slots=True)
 class Live:
-    """A device the simulator has onboarded: its current credential and key."""
+    """A device the simulator has onboarded: its current credential, key and message counter."""
 
     device_id: str
     serial: str
     key: SoftKey
     state: DeviceState = DeviceState.ACTIVE
+    files: tuple[Path, Path] | None = None  # certificate and key PEM (MQTT)
+    previous: tuple[Path, Path] | None = None  # the credential before the last rotation
+    counter: int = 0
+    publish_after: float = 0.0  # time.monotonic()
+    changes_ms: list[int] = field(default_factory=list)  # wall clock of state/credential changes
+
+    def changed(self) -> None:
+        self.changes_ms.append(int(time.time() * 1000))
 
 
 @dataclass(slots=True)
@@ -98,15 +122,24 @@ class Stats:
     samples: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, op: str, seconds: float, status: int, body: str) -> None:
+        """One HTTP request: 2xx ok, an :data:`EXPECTED` status refused, anything else an error."""
+        if status < 300:
+            self.outcome(op, seconds, "ok")
+        else:
+            kind = "refused" if status in EXPECTED.get(op, set()) else "error"
+            self.outcome(op, seconds, kind, f"{status} {body[:200]}")
+
+    def outcome(self, op: str, seconds: float, kind: str, detail: str = "") -> None:
+        """One operation: ``ok``, ``refused`` (the expected answer was a refusal) or ``error``."""
         with self.lock:
             self.latency.setdefault(op, []).append(seconds)
-            if status < 300:
+            if kind == "ok":
                 return
-            bucket = self.refused if status in EXPECTED.get(op, set()) else self.errors
+            bucket = self.refused if kind == "refused" else self.errors
             bucket[op] = bucket.get(op, 0) + 1
             kept = self.samples.setdefault(op, [])
-            if len(kept) < 5:
-                kept.append(f"{status} {body[:200]}")
+            if kind == "error" and len(kept) < 5:
+                kept.append(detail[:240])
 
     def table(self) -> list[dict[str, Any]]:
         rows = []
@@ -132,7 +165,7 @@ class Pool:
     fresh: list[SimulatedDevice] = field(default_factory=list)
     active: list[Live] = field(default_factory=list)
     quarantined: list[Live] = field(default_factory=list)
-    retired: int = 0
+    retired: list[Live] = field(default_factory=list)
 
     def take_fresh(self) -> SimulatedDevice | None:
         with self.lock:
@@ -140,7 +173,8 @@ class Pool:
 
     def take(self, rng: random.Random, which: str) -> Live | None:
         with self.lock:
-            bucket = self.active if which == "active" else self.quarantined
+            bucket = {"active": self.active, "quarantined": self.quarantined,
+                      "retired": self.retired}[which]
             if not bucket:
                 return None
             i = rng.randrange(len(bucket))
@@ -154,7 +188,12 @@ class Pool:
             elif live.state is DeviceState.QUARANTINED:
                 self.quarantined.append(live)
             else:
-                self.retired += 1
+                self.retired.append(live)
+
+    def everyone(self) -> list[Live]:
+        """Every onboarded device (at the end, when no thread holds one)."""
+        with self.lock:
+            return [*self.active, *self.quarantined, *self.retired]
 
 
 # --- set-up --------------------------------------------------------------------------------------
@@ -238,44 +277,12 @@ def sqlite_database(folder: Path) -> Iterator[str]:
     yield f"sqlite:///{folder / 'iotrust.db'}"
 
 
-# --- the server and its memory -------------------------------------------------------------------
-
-def _children(pid: int) -> list[int]:
-    out = []
-    with suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            text = (task / "children").read_text()
-            out += [int(c) for c in text.split()]
-    return out
-
-
-def _rss_kib(pid: int) -> int:
-    with suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def server_rss(root_pid: int) -> dict[int, int]:
-    """RSS in KiB of ``root_pid`` and all its descendants."""
-    seen: dict[int, int] = {}
-    todo = [root_pid]
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen[pid] = _rss_kib(pid)
-        todo += _children(pid)
-    return seen
-
+# --- the server ----------------------------------------------------------------------------------
 
 @contextmanager
 def serve(settings: Settings, workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``iotrust serve --workers N`` on a free loopback port; yields (base URL, process)."""
-    from benchmarks.onboarding import _free_port  # noqa: PLC0415 - shared helper, private name
-
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "IOTRUST_DATA": str(settings.data_dir),
            "IOTRUST_DATABASE_URL": settings.database_url,
            "IOTRUST_PASSPHRASE": PASSPHRASE.decode(), "IOTRUST_AUTH_FAILURE_LIMIT": "0"}
@@ -313,10 +320,12 @@ def serve(settings: Settings, workers: int) -> Iterator[tuple[str, subprocess.Po
 class Driver:
     """One thread's HTTP client plus the shared pool and statistics."""
 
-    def __init__(self, url: str, token: str, pool: Pool, stats: Stats, seed: int) -> None:
+    def __init__(self, url: str, token: str, pool: Pool, stats: Stats, seed: int, *,
+                 identities: Path | None = None) -> None:
         self.http = httpx.Client(base_url=url, timeout=60.0)
         self.admin = {"authorization": f"Bearer {token}"}
         self.pool, self.stats, self.rng = pool, stats, random.Random(seed)
+        self.identities = identities  # where devices keep their TLS files (None: no MQTT)
 
     def call(self, op: str, path: str, body: bytes | None = None, *,
              operator: bool = False, method: str = "POST") -> httpx.Response | None:
@@ -348,9 +357,15 @@ class Driver:
                                       operational_signer=device.operational_key)
         if self.call("onboard.confirm", "/v1/onboarding/confirm", confirm.to_wire()) is None:
             return None
-        return Live(device_id=onboarded.device_id,
+        live = Live(device_id=onboarded.device_id,
                     serial=f"{onboarded.certificate.serial_number:x}",
-                    key=device.operational_key)
+                    key=device.operational_key,
+                    publish_after=time.monotonic() + ONBOARD_SETTLE_S)
+        if self.identities is not None:
+            live.files = soak_mqtt.write_identity(self.identities, live.device_id, live.serial,
+                                                  live.key.private_key,
+                                                  onboarded.certificate_der)
+        return live
 
     def rotate(self, live: Live) -> None:
         nonce = os.urandom(rot.NONCE_BYTES)
@@ -386,6 +401,12 @@ class Driver:
             return
         cert = pki.load_certificate(done.certificate)
         live.serial, live.key = f"{cert.serial_number:x}", new_key
+        live.changed()
+        if self.identities is not None:
+            live.previous = live.files
+            live.files = soak_mqtt.write_identity(
+                self.identities, live.device_id, live.serial, new_key.private_key,
+                cert.public_bytes(serialization.Encoding.DER))
 
     def operator(self, live: Live, action: str) -> None:
         body = json.dumps({"reason": "decommissioned"}).encode() if action == "retire" else None
@@ -393,6 +414,7 @@ class Driver:
                      operator=True) is not None:
             live.state = {"quarantine": DeviceState.QUARANTINED, "release": DeviceState.ACTIVE,
                           "retire": DeviceState.RETIRED}[action]
+            live.changed()
 
     def step(self) -> None:
         """One random operation on a device this thread takes from the pool and gives back."""
@@ -419,6 +441,96 @@ class Driver:
                 self.operator(live, op)
         finally:
             self.pool.give(live)
+
+
+class Publisher:
+    """One thread's publish bursts: takes a device, connects as it, publishes, gives it back."""
+
+    def __init__(self, port: int, ca_file: Path, pool: Pool, stats: Stats, *,
+                 ledger: soak_mqtt.Ledger, seed: int) -> None:
+        self.port, self.ca_file = port, ca_file
+        self.pool, self.stats, self.ledger = pool, stats, ledger
+        self.rng = random.Random(seed)
+
+    def step(self) -> bool:
+        """One burst from a random device; False when no device was available."""
+        which = self.rng.choices(list(PUBLISH_FROM), weights=list(PUBLISH_FROM.values()))[0]
+        live = self.pool.take(self.rng, which)
+        if live is None:
+            return False
+        try:
+            if live.files is None or time.monotonic() < live.publish_after:
+                return False
+            if which == "retired":
+                self._refused_identity(live, live.files, "mqtt.connect.retired")
+            else:
+                if live.previous is not None and self.rng.random() < 0.2:
+                    self._refused_identity(live, live.previous, "mqtt.connect.superseded")
+                self._burst(live)
+        finally:
+            self.pool.give(live)
+        return True
+
+    def _link(self, live: Live, files: tuple[Path, Path]) -> soak_mqtt.Burst:
+        return soak_mqtt.Burst(self.port, self.ca_file, files[0], files[1],
+                               client_id=f"{live.device_id}-{os.urandom(3).hex()}")
+
+    def _refused_identity(self, live: Live, files: tuple[Path, Path], op: str) -> None:
+        """A revoked credential (retired, or replaced by a rotation) must not connect."""
+        link = self._link(live, files)
+        t0 = time.perf_counter()
+        why = link.connect()
+        took = time.perf_counter() - t0
+        try:
+            if why is not None:
+                kind = "error" if why.startswith("timeout") else "refused"
+                self.stats.outcome(op, took, kind, f"{live.device_id}: {why}")
+                return
+            self.stats.outcome(op, took, "error",
+                               f"{live.device_id}: connected with a revoked credential")
+            self._publish(link, live, expect_accept=False, op=op.replace("connect", "publish"))
+        finally:
+            link.close()
+
+    def _burst(self, live: Live) -> None:
+        assert live.files is not None
+        active = live.state is DeviceState.ACTIVE
+        link = self._link(live, live.files)
+        t0 = time.perf_counter()
+        why = link.connect()
+        self.stats.outcome("mqtt.connect", time.perf_counter() - t0,
+                           "ok" if why is None else "error", f"{live.device_id}: {why}")
+        try:
+            if why is not None:
+                return
+            op = "mqtt.publish" if active else "mqtt.publish.quarantined"
+            for _ in range(BURST):
+                if not self._publish(link, live, expect_accept=active, op=op):
+                    return
+        finally:
+            link.close()
+
+    def _publish(self, link: soak_mqtt.Burst, live: Live, *, expect_accept: bool,
+                 op: str) -> bool:
+        """Seal and publish one message; False when the connection is gone."""
+        counter = live.counter
+        live.counter += 1
+        topic, data, sealed_ms = soak_mqtt.seal_telemetry(live.key, live.device_id, live.serial,
+                                                          counter, counter)
+        t0 = time.perf_counter()
+        answer = link.publish(topic, data)
+        took = time.perf_counter() - t0
+        self.ledger.add(soak_mqtt.Sent(live.device_id, counter, sealed_ms, expect_accept, answer))
+        if isinstance(answer, str):
+            self.stats.outcome(op, took, "error", f"{live.device_id}: {answer}")
+            return False
+        accepted = answer < soak_mqtt.FIRST_FAILURE
+        if accepted == expect_accept:
+            self.stats.outcome(op, took, "ok" if accepted else "refused")
+        else:
+            self.stats.outcome(op, took, "error", f"{live.device_id} ({live.state.value}): "
+                               f"PUBACK 0x{answer:02x}")
+        return True
 
 
 # --- the invariants ------------------------------------------------------------------------------
@@ -462,17 +574,93 @@ def check_invariants(database_url: str) -> dict[str, Any]:
 
 # --- the run -------------------------------------------------------------------------------------
 
-def _slope_mib_per_min(points: list[tuple[float, float]]) -> float:
-    if len(points) < 2:
-        return 0.0
-    xs = [t / 60 for t, _ in points]
-    ys = [v for _, v in points]
-    return statistics.linear_regression(xs, ys).slope
+@dataclass(slots=True)
+class Options:
+    """What to run."""
+
+    minutes: float = 10.0
+    devices: int = 2000
+    threads: int = 16
+    workers: int = 2
+    sqlite: bool = False
+    mqtt: bool = True
+    publishers: int = 8
+    publish_rate: float = 40.0  # messages per second, all publishers together
+
+
+def _loop(end: float, stop: threading.Event, step: Any, pace_s: float = 0.0) -> None:
+    next_at = time.monotonic()
+    while time.monotonic() < end and not stop.is_set():
+        if not step():
+            time.sleep(0.01)
+            continue
+        if pace_s:
+            next_at += pace_s
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                stop.wait(delay)
+            else:
+                next_at = time.monotonic()
+
+
+def _drive(opts: Options, setup: Setup, *, url: str, proc: subprocess.Popen[bytes],
+           side: soak_mqtt.MqttSide | None, pool: Pool, stats: Stats,
+           ledger: soak_mqtt.Ledger) -> tuple[float, list[dict[str, Any]]]:
+    """Run the device, operator and publisher threads until the time is up; (seconds, RSS)."""
+    rss: list[dict[str, Any]] = []
+    others = {} if side is None else {"broker": side.broker_pid, "ingest": side.ingest.pid}
+    identities = setup.settings.data_dir.parent / "devices" if side is not None else None
+    stop = threading.Event()
+    start = time.monotonic()
+    end = start + opts.minutes * 60
+
+    def worker(seed: int) -> None:
+        driver = Driver(url, setup.admin_token, pool, stats, seed, identities=identities)
+        with driver.http:
+            def step() -> bool:
+                driver.step()
+                return True
+            _loop(end, stop, step)
+
+    def publisher(seed: int) -> None:
+        assert side is not None
+        pub = Publisher(side.port, side.ca_file, pool, stats, ledger=ledger, seed=seed)
+        _loop(end, stop, pub.step, pace_s=opts.publishers * BURST / opts.publish_rate)
+
+    def sampler() -> None:
+        while True:
+            rss.append({"t_s": round(time.monotonic() - start, 1),
+                        "mib": soak_memory.sample(proc.pid, others)})
+            if stop.wait(RSS_EVERY_S):
+                return
+
+    sample = threading.Thread(target=sampler, daemon=True)
+    sample.start()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True)
+               for i in range(opts.threads)]
+    if side is not None:
+        threads += [threading.Thread(target=publisher, args=(1000 + i,), daemon=True)
+                    for i in range(opts.publishers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    stop.set()
+    sample.join()
+    return elapsed, rss
 
 
 def run(*, minutes: float, devices: int, threads: int, workers: int, sqlite: bool,
-        out: Path | None) -> dict[str, Any]:
+        out: Path | None, mqtt: bool = True, publishers: int = 8,
+        publish_rate: float = 40.0) -> dict[str, Any]:
     """Run the soak and return the report (also written to ``out`` unless ``None``)."""
+    opts = Options(minutes=minutes, devices=devices, threads=threads, workers=workers,
+                   sqlite=sqlite, mqtt=mqtt, publishers=publishers, publish_rate=publish_rate)
+    if mqtt and (why := soak_mqtt.missing()) is not None:
+        raise RuntimeError(f"{why} (run with --no-mqtt to soak without publishing)")
+    ledger = soak_mqtt.Ledger()
+    ingest: dict[str, Any] = {"exercised": False}
     with tempfile.TemporaryDirectory(prefix="iotrust-soak-") as tmp:
         base = Path(tmp)
         db_ctx = sqlite_database(base) if sqlite else postgres_database()
@@ -481,57 +669,40 @@ def run(*, minutes: float, devices: int, threads: int, workers: int, sqlite: boo
             setup = prepare(base, database_url, devices)
             setup_s = time.perf_counter() - t_setup
             pool, stats = Pool(fresh=list(setup.devices)), Stats()
-            rss: list[dict[str, Any]] = []
-            with serve(setup.settings, workers) as (url, proc):
-                stop = threading.Event()
-                start = time.monotonic()
-                end = start + minutes * 60
-
-                def worker(seed: int) -> None:
-                    driver = Driver(url, setup.admin_token, pool, stats, seed)
-                    with driver.http:
-                        while time.monotonic() < end and not stop.is_set():
-                            driver.step()
-
-                def sampler() -> None:
-                    while True:
-                        per = server_rss(proc.pid)
-                        rss.append({"t_s": round(time.monotonic() - start, 1),
-                                    "total_mib": round(sum(per.values()) / 1024, 1),
-                                    "processes": len(per)})
-                        if stop.wait(RSS_EVERY_S):
-                            return
-
-                sample = threading.Thread(target=sampler, daemon=True)
-                sample.start()
-                pool_threads = [threading.Thread(target=worker, args=(i,), daemon=True)
-                                for i in range(threads)]
-                for t in pool_threads:
-                    t.start()
-                for t in pool_threads:
-                    t.join()
-                elapsed = time.monotonic() - start
-                stop.set()
-                sample.join()
+            with ExitStack() as stack:
+                side = (stack.enter_context(soak_mqtt.broker_and_ingest(setup.settings,
+                                                                        PASSPHRASE))
+                        if mqtt else None)
+                url, proc = stack.enter_context(serve(setup.settings, workers))
+                elapsed, rss = _drive(opts, setup, url=url, proc=proc, side=side,
+                                      pool=pool, stats=stats, ledger=ledger)
+                if side is not None:
+                    accepted = sum(1 for m in ledger.sent if m.answer == 0)
+                    soak_mqtt.wait_for_ingest(database_url, accepted)
+            if side is not None:
+                changes = {live.device_id: live.changes_ms for live in pool.everyone()}
+                ingest = {"exercised": True, "process": side.ingest_stats,
+                          **soak_mqtt.ingest_report(
+                              ledger, soak_mqtt.stored_messages(database_url), changes)}
             invariants = check_invariants(database_url)
-    totals = [r["total_mib"] for r in rss]
     rows = stats.table()
+    memory = soak_memory.verdicts(rss)
     report = {
         "minutes": minutes, "elapsed_s": round(elapsed, 1), "devices": devices,
         "threads": threads, "workers": workers,
         "database": "sqlite" if sqlite else "postgresql", "setup_s": round(setup_s, 1),
-        "mqtt": "not exercised (no broker in the soak)",
+        "mqtt": ({"publishers": publishers, "publish_rate_per_s": publish_rate,
+                  "burst": BURST, "connection": "one TLS connection per burst",
+                  "messages": len(ledger.sent)} if mqtt else "not exercised (--no-mqtt)"),
         "operations": rows,
         "total_requests": sum(r["count"] for r in rows),
-        "total_errors": sum(r["errors"] for r in rows),
-        "rss": {"first_mib": totals[0] if totals else None,
-                "last_mib": totals[-1] if totals else None,
-                "max_mib": max(totals) if totals else None,
-                "slope_mib_per_min": round(_slope_mib_per_min(
-                    [(r["t_s"], r["total_mib"]) for r in rss]), 2),
+        "total_errors": sum(r["errors"] for r in rows) + ingest.get("errors", 0),
+        "ingest": ingest,
+        "rss": {"every_s": RSS_EVERY_S, "verdicts": memory,
+                "bounded": all(v["verdict"] != "growing" for v in memory.values()),
                 "samples": rss},
         "pool_at_end": {"never_onboarded": len(pool.fresh), "active": len(pool.active),
-                        "quarantined": len(pool.quarantined), "retired": pool.retired},
+                        "quarantined": len(pool.quarantined), "retired": len(pool.retired)},
         "invariants": invariants,
     }
     if out is not None:
@@ -540,22 +711,42 @@ def run(*, minutes: float, devices: int, threads: int, workers: int, sqlite: boo
     return report
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def print_report(report: dict[str, Any]) -> None:
     """The human-readable table."""
     print(f"soak: {report['elapsed_s']} s, {report['devices']} devices, {report['threads']} "
           f"threads, serve --workers {report['workers']} on {report['database']} "
-          f"(set-up {report['setup_s']} s)")
-    print(f"{'operation':<20}{'count':>9}{'errors':>8}{'err %':>8}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'max ms':>9}")
+          f"(set-up {report['setup_s']} s); mqtt: {report['mqtt']}")
+    print(f"{'operation':<26}{'count':>8}{'errors':>7}{'err %':>7}{'refused':>8}{'p50 ms':>9}"
+          f"{'p99 ms':>9}{'max ms':>9}")
     for r in report["operations"]:
-        print(f"{r['op']:<20}{r['count']:>9}{r['errors']:>8}{100 * r['error_rate']:>8.2f}"
-              f"{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['max_ms']:>9.1f}")
+        print(f"{r['op']:<26}{r['count']:>8}{r['errors']:>7}{100 * r['error_rate']:>7.2f}"
+              f"{r['refused_expected']:>8}{_ms(r['p50_ms']):>9}{_ms(r['p99_ms']):>9}"
+              f"{_ms(r['max_ms']):>9}")
         for sample in r["error_samples"]:
             print(f"    e.g. {sample}")
-    rss = report["rss"]
-    print(f"server RSS (all processes): first {rss['first_mib']} MiB, last {rss['last_mib']} "
-          f"MiB, max {rss['max_mib']} MiB, slope {rss['slope_mib_per_min']} MiB/min "
-          f"({len(rss['samples'])} samples)")
+    ing = report["ingest"]
+    if ing.get("exercised"):
+        lat = ing["publish_to_ingest_ms"]
+        print(f"{'ingest.accept':<26}{ing['broker_accepted']:>8}{ing['errors']:>7}"
+              f"{100 * ing['error_rate']:>7.2f}{ing['not_stored_after_a_state_change']:>8}"
+              f"{_ms(lat['p50']):>9}{_ms(lat['p99']):>9}{_ms(lat['max']):>9}")
+        print(f"    ingest process: {json.dumps(ing['process'])}")
+        for k in ("not_stored_without_a_state_change", "stored_but_should_be_refused"):
+            if ing[k]:
+                print(f"    {k}: {ing[k][:5]}")
+    print(f"RSS every {report['rss']['every_s']:.0f} s (MiB): first → last (max); middle third "
+          "→ last third mean; slope over the second half")
+    for label, v in report["rss"]["verdicts"].items():
+        line = f"  {label:<24}{v['first_mib']} → {v['last_mib']} ({v['max_mib']})"
+        if "growth_mib" in v:
+            line += (f"; {v['middle_third_mean_mib']} → {v['last_third_mean_mib']} "
+                     f"({v['growth_mib']:+} MiB, tolerance {v['tolerance_mib']}); "
+                     f"{v['slope_second_half_mib_per_hour']:+} MiB/h")
+        print(f"{line}: {v['verdict'].upper()}")
     inv = report["invariants"]
     print(f"registry: {inv['devices_by_state']}, {inv['credentials']} credentials, "
           f"{inv['events']} events; invariants {'OK' if inv['ok'] else 'VIOLATED'}")
@@ -569,16 +760,24 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--devices", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=16, help="HTTP device/operator threads")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of PostgreSQL")
+    parser.add_argument("--no-mqtt", action="store_true",
+                        help="no broker, no ingest, no publishing")
+    parser.add_argument("--publishers", type=int, default=8,
+                        help="publisher threads (= devices connected at once, at most)")
+    parser.add_argument("--publish-rate", type=float, default=40.0,
+                        help="messages per second, all publishers together")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
     report = run(minutes=args.minutes, devices=args.devices, threads=args.threads,
-                 workers=args.workers, sqlite=args.sqlite, out=args.out)
+                 workers=args.workers, sqlite=args.sqlite, out=args.out, mqtt=not args.no_mqtt,
+                 publishers=args.publishers, publish_rate=args.publish_rate)
     print_report(report)
     print(f"written to {args.out}")
-    ok = report["invariants"]["ok"] and report["total_errors"] == 0
+    ok = (report["invariants"]["ok"] and report["total_errors"] == 0
+          and report["rss"]["bounded"])
     return 0 if ok else 1
 
 

@@ -74,7 +74,10 @@ def test_valid_messages_with_bytes_flipped(name: str, data: st.DataObject) -> No
 @settings(max_examples=100, deadline=None)
 @given(serial=st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z"),
        nonce=st.binary(min_size=32, max_size=32),
-       chain=st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=4))
-def test_hello_round_trip(serial: str, nonce: bytes, chain: list[bytes]) -> None:
-    hello = m.HelloRequest(serial=serial, factory_chain=tuple(chain), device_nonce=nonce)
+       chain=st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=4),
+       storage=st.none() | st.sampled_from(sorted(m.KEY_STORAGE_CLAIMS)))
+def test_hello_round_trip(serial: str, nonce: bytes, chain: list[bytes],
+                          storage: str | None) -> None:
+    hello = m.HelloRequest(serial=serial, factory_chain=tuple(chain), device_nonce=nonce,
+                           key_storage=storage)
     assert m.HelloRequest.from_wire(hello.to_wire()) == hello

@@ -15,8 +15,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from tests.integration.audit_fleet import AuditFleet, clean_fleet
+from tests.integration.pg import fresh_postgres_database
 
 from iotrust.core.audit import Finding
 from iotrust.core.audit_eventlog import CHECKPOINT_KEY
@@ -177,3 +179,26 @@ def test_cli_full_and_the_report_say_how_the_log_was_verified(tmp_path: Path) ->
     page = audit_report.build_html(fleet.db, fleet.settings, fleet.clock, report)
     assert 'id="event-log-verification"' in page
     assert f"from the checkpoint at record {report.event_log['since_seq']}" in page
+
+
+@pytest.mark.postgres
+def test_postgres_incremental_and_tampering(tmp_path: Path) -> None:
+    with fresh_postgres_database() as url:
+        fleet = clean_fleet(tmp_path / "pg", url)
+        try:
+            first, critical = _audit(fleet)
+            assert critical == []
+            assert first.event_log is not None
+            _append(fleet, 3)
+            second, critical = _audit(fleet)
+            assert critical == []
+            assert second.event_log is not None
+            assert second.event_log["mode"] == "incremental"
+            assert second.event_log["since_seq"] == first.event_log["head_seq"]
+            target = _head(fleet) - 1
+            with fleet.db.transaction() as tx:
+                tx._exec(text(f"UPDATE events SET actor = 'mallory@x' WHERE seq = {target}"))
+            _, critical = _audit(fleet, record=False)
+            assert [f.affected for f in critical] == [(f"event:{target}",)]
+        finally:
+            fleet.db.close()

@@ -41,7 +41,7 @@ from iotrust.core.lifecycle import Device, RetirementReason
 from iotrust.core.policy import DEFAULT_POLICY, Policy, effective_policy, render
 from iotrust.errors import BackendError, IotrustError
 from iotrust.ports import BrokerControl, Clock, TopicAccess
-from iotrust.services import credentials, devices, faults
+from iotrust.services import credentials, crl_publication, devices, faults
 from iotrust.services import policies as policy_svc
 from iotrust.services.credentials import Issuer
 from iotrust.services.domain import Secrets, active_issuing_ca
@@ -192,7 +192,15 @@ def _contain(db: Database, broker: BrokerControl | None, device_id: str,
 
 def retire(db: Database, settings: Settings, secrets: Secrets, clock: Clock, device_id: str, *,
            broker: BrokerControl | None, reason: RetirementReason, actor: str) -> Containment:
-    """Retire (credentials revoked), publish the CRL, install it in the broker, deny, kick."""
+    """Retire (credentials revoked), publish the CRL, install it in the broker, deny, kick.
+
+    What a return with ``broker == "applied"`` promises: the broker has processed the reload of
+    a CRL that lists every revoked, unexpired credential of the device (every new handshake with
+    them is refused), its rules deny it and its live sessions were disconnected. Only the CRLs
+    of the CAs that issued its credentials are re-signed, and none if a concurrent publication
+    already lists them (:mod:`iotrust.services.crl_publication`). ``not_running``: the files
+    are in place for the broker's next start.
+    """
     timings: dict[str, float] = {}
     watch = _Stopwatch(timings)
     result = Containment(device=devices.retire(db, clock, device_id, reason, actor=actor),
@@ -200,17 +208,23 @@ def retire(db: Database, settings: Settings, secrets: Secrets, clock: Clock, dev
     faults.checkpoint("broker.retire.committed")
     watch.lap("transition")
     if broker is None:
-        credentials.publish_crls(db, settings, secrets, clock, actor=actor)
+        crl_publication.publish_and_install(db, settings, secrets, clock, None, actor=actor,
+                                            revoked=crl_publication.revoked_of_devices(
+                                                db, clock, [device_id]))
         watch.lap("crl_publish")
         watch.total()
         return result
 
+    revoked = crl_publication.revoked_of_devices(db, clock, [device_id])
+
     def publish_and_install() -> None:
-        with broker.exclusive():  # a concurrent retirement cannot install an older CRL
-            credentials.publish_crls(db, settings, secrets, clock, actor=actor)
-            watch.lap("crl_publish")
-            faults.checkpoint("broker.retire.crl_published")
-            broker.install_crl((settings.crl_dir / "all.crl.pem").read_bytes())
+        # Under the broker's lock (a concurrent retirement cannot install an older CRL); only
+        # the device's CAs are re-signed, and not at all if a concurrent publication already
+        # lists its serials. Returns once the broker has reloaded it (new handshakes refused).
+        crl_publication.publish_and_install(db, settings, secrets, clock, broker, actor=actor,
+                                            revoked=revoked,
+                                            checkpoint="broker.retire.crl_published",
+                                            on_published=lambda: watch.lap("crl_publish"))
 
     _effects(result, watch, [
         ("crl_install", publish_and_install),

@@ -8,7 +8,10 @@ or missing CRL at a broker reload fails open, so nothing unverified is ever writ
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -159,20 +162,38 @@ def publish_crls(db: Database, settings: Settings, secrets: Secrets, clock: Cloc
     Writes ``crl/<ca-id>.crl.pem`` per CA and ``crl/all.crl.pem`` (every CA's CRL, the form
     Mosquitto's ``crlfile`` and ``openssl -CRLfile`` take). Returns the CA ids published.
     """
-    now = clock.now()
-    published: list[tuple[str, bytes]] = []
-    with db.transaction() as tx:
-        for ca in tx.list_cas(role="issuing"):
-            if ca.state == "retired":
-                continue
-            crl = build_crl_for(tx, secrets, ca, now)
-            pem = crl.public_bytes(serialization.Encoding.PEM)
-            published.append((ca.id, pem))
-            eventlog.record(tx, clock, ev.CRL_PUBLISHED, actor=actor,
-                            data={"ca": ca.id, "entries": len(crl),
-                                  "next_update": (now + CRL_VALIDITY).isoformat()})
-    for ca_id, pem in published:
-        write_atomic(settings.crl_dir / f"{ca_id}.crl.pem", pem, mode=0o644)
-    faults.checkpoint("crl.publish.before_bundle")
-    write_atomic(settings.crl_dir / "all.crl.pem", b"".join(p for _, p in published), mode=0o644)
-    return [ca_id for ca_id, _ in published]
+    with crl_lock(settings):  # one publication at a time: an older CRL never replaces a newer
+        now = clock.now()
+        published: list[tuple[str, bytes]] = []
+        with db.transaction() as tx:
+            for ca in tx.list_cas(role="issuing"):
+                if ca.state == "retired":
+                    continue
+                crl = build_crl_for(tx, secrets, ca, now)
+                pem = crl.public_bytes(serialization.Encoding.PEM)
+                published.append((ca.id, pem))
+                eventlog.record(tx, clock, ev.CRL_PUBLISHED, actor=actor,
+                                data={"ca": ca.id, "entries": len(crl),
+                                      "next_update": (now + CRL_VALIDITY).isoformat()})
+        for ca_id, pem in published:
+            write_atomic(settings.crl_dir / f"{ca_id}.crl.pem", pem, mode=0o644)
+        faults.checkpoint("crl.publish.before_bundle")
+        write_atomic(settings.crl_dir / "all.crl.pem", b"".join(p for _, p in published),
+                     mode=0o644)
+        return [ca_id for ca_id, _ in published]
+
+
+@contextlib.contextmanager
+def crl_lock(settings: Settings) -> Iterator[None]:
+    """An exclusive ``flock`` on ``DATA/.crl.lock``: one publication of the CRL folder at a time.
+
+    Outside ``crl/`` (served and backed up). Not re-entrant: a second ``flock`` from the same
+    thread on a new descriptor waits.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(settings.data_dir / ".crl.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,8 +1,10 @@
 """Ending trust at fleet scale, the operator's way back, and dormant devices (DESIGN.md §9).
 
 * :func:`retire_many` — retire every device of a model or a group (or a list): one transaction
-  and one event per device (each revokes all its credentials), then **one** CRL publication and
-  broker install (verified, atomic, reload), one rules sync and a kick per device.
+  and one event per device (each revokes all its credentials), then **one** CRL publication of
+  the CAs that issued them and broker install (verified, atomic, reload), one rules sync and a
+  kick per device. When it returns, the broker refuses every new handshake of those
+  credentials.
 * :func:`reset` — the explicit recovery path for a device whose credential lapsed without
   rotation: ACTIVE → EXPECTED with a ``device.reset`` event, any remaining credential revoked,
   so it can onboard again with its factory identity **if its voucher still allows it**. Only an
@@ -29,6 +31,7 @@ from iotrust.ports import Clock
 from iotrust.services import broker as broker_svc
 from iotrust.services import devices, eventlog
 from iotrust.services.credentials import revoke_credential
+from iotrust.services.crl_publication import revoked_of_devices
 from iotrust.services.domain import Secrets
 from iotrust.services.rotation import publish_and_install
 from iotrust.services.settings import Settings
@@ -79,7 +82,8 @@ def retire_many(db: Database, settings: Settings, secrets: Secrets, clock: Clock
                 raise
         if progress is not None:
             progress(1)
-    publish_and_install(db, settings, secrets, clock, broker, actor=actor)
+    publish_and_install(db, settings, secrets, clock, broker, actor=actor,
+                        revoked=revoked_of_devices(db, clock, device_ids))
     if broker is not None and retired:
         try:
             broker_svc.sync(db, broker)

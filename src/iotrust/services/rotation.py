@@ -13,9 +13,11 @@ facts, lets the core decide and persists the outcome. Nothing lives in process m
   (its hardware profile, :func:`iotrust.services.hardware.defaults_of`; else 30 days).
 * **confirm** — the new key signs; in one transaction the new credential becomes ACTIVE, the old
   one SUPERSEDED and, unless an overlap grace is configured, REVOKED (reason ``superseded``).
-  After the commit the CRL is republished and, when a broker is configured, installed in it
-  (verified, atomic, reload) and the device's live session kicked, so it reconnects once with
-  its new credential and the old one is refused from then on.
+  After the commit the CRL of the old credential's CA is republished (other CAs' CRLs are
+  reused; concurrent confirmations coalesce, :mod:`iotrust.services.crl_publication`) and,
+  when a broker is configured, installed in it (verified, atomic, reload) and the device's
+  live session kicked, so it reconnects once with its new credential and the old one is
+  refused from then on.
 
 Refusals are recorded as ``rotation.refused`` events; contacts by dead identities (retired,
 revoked, expired, superseded) also as zombie contacts (:mod:`iotrust.services.zombies`).
@@ -36,7 +38,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -50,7 +52,6 @@ from iotrust.core import rotation as rot
 from iotrust.core.lifecycle import CredentialState, Device, DeviceState
 from iotrust.core.records import Credential
 from iotrust.errors import (
-    BackendError,
     ConflictError,
     InputError,
     IotrustError,
@@ -58,11 +59,10 @@ from iotrust.errors import (
     TrustError,
 )
 from iotrust.ports import Clock
-from iotrust.services import eventlog, faults, zombies
+from iotrust.services import crl_publication, eventlog, faults, zombies
 from iotrust.services.credentials import (
     DEFAULT_CREDENTIAL_LIFETIME,
     Issuer,
-    publish_crls,
     revoke_credential,
 )
 from iotrust.services.domain import Secrets, require_domain, root_ca
@@ -243,8 +243,8 @@ class RotationService:
         seen = _Seen("confirm", _source(source))
         with self._refusals(seen):
             revoked = self._confirm(body, seen)
-        if revoked and seen.device_id is not None:
-            self.enforce(seen.device_id)
+        if revoked is not None and seen.device_id is not None:
+            self.enforce(seen.device_id, revoked={revoked.issuer_ca_id: {revoked.serial_number}})
 
     # -- begin -------------------------------------------------------------------------------
 
@@ -326,7 +326,8 @@ class RotationService:
 
     # -- confirm -----------------------------------------------------------------------------
 
-    def _confirm(self, body: bytes, seen: _Seen) -> bool:
+    def _confirm(self, body: bytes, seen: _Seen) -> Credential | None:
+        """Confirm; returns the old credential if it was revoked now (overlap 0)."""
         req = rot.ConfirmRequest.from_wire(body)
         now = self._clock.now()
         sid = req.session_id.hex()
@@ -371,18 +372,23 @@ class RotationService:
                                   "new": new_cred.serial_number, "old_revoked": revoked})
             faults.checkpoint("rotation.confirm.before_commit")
         faults.checkpoint("rotation.confirm.committed")
-        return revoked
+        return old if revoked else None
 
     # -- effects -----------------------------------------------------------------------------
 
-    def enforce(self, device_id: str | None) -> None:
-        """Publish the CRL; with a broker, install it (verified, atomic, reload) and kick."""
+    def enforce(self, device_id: str | None, *,
+                revoked: Mapping[str, Collection[str]] | None = None) -> None:
+        """Publish the CRL; with a broker, install it (verified, atomic, reload) and kick.
+
+        ``revoked`` (CA id → serials) limits re-signing to those CAs and lets a concurrent
+        publication that already lists them stand for this one; ``None`` re-signs every CA.
+        """
         if not self._publish:
             return
         broker = self._broker() if self._broker is not None else None
         try:
             publish_and_install(self._db, self._settings, self._secrets, self._clock, broker,
-                                actor=ACTOR)
+                                actor=ACTOR, revoked=revoked)
             if broker is not None and device_id is not None and self._kick_enabled():
                 broker.kick(device_id)
         except (IotrustError, OSError) as exc:  # the registry decision stands; next sweep retries
@@ -424,19 +430,16 @@ class RotationService:
 
 
 def publish_and_install(db: Database, settings: Settings, secrets: Secrets, clock: Clock,
-                        broker: Any, *, actor: str) -> None:  # noqa: ANN401 - BrokerControl
-    """Republish every CRL; with a broker, install the bundle (verified, atomic, reload)."""
-    if broker is None:
-        publish_crls(db, settings, secrets, clock, actor=actor)
-        return
-    with broker.exclusive():
-        publish_crls(db, settings, secrets, clock, actor=actor)
-        faults.checkpoint("rotation.enforce.published")
-        try:
-            broker.install_crl((settings.crl_dir / "all.crl.pem").read_bytes())
-        except BackendError as exc:
-            if exc.reason != "broker_not_running":
-                raise
+                        broker: Any, *, actor: str,  # noqa: ANN401 - BrokerControl
+                        revoked: Mapping[str, Collection[str]] | None = None) -> None:
+    """Publish the CRLs ``revoked`` changed (``None``: all); with a broker, install the bundle.
+
+    See :func:`iotrust.services.crl_publication.publish_and_install` (only the CAs that changed
+    are re-signed; a request already covered by a concurrent publication signs nothing).
+    """
+    crl_publication.publish_and_install(db, settings, secrets, clock, broker, actor=actor,
+                                        revoked=revoked,
+                                        checkpoint="rotation.enforce.published")
 
 
 # -- the upkeep sweep -----------------------------------------------------------------------------

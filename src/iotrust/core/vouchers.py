@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -341,15 +342,28 @@ def _within(cert: x509.Certificate, at: datetime) -> bool:
     return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc
 
 
+@functools.lru_cache(maxsize=256)
+def _signed_by(signer: x509.Certificate, anchor: x509.Certificate) -> bool:
+    """Whether ``anchor`` directly issued ``signer`` (name and signature).
+
+    Remembered in a bounded LRU: both certificates are immutable and compare and hash by their
+    full DER, so an entry stands for exactly the verification it replaces. A manufacturer signs
+    many vouchers with one signer certificate, so this is met again at every onboarding; the
+    validity windows, extensions and the voucher's own signature are checked every time.
+    """
+    try:
+        signer.verify_directly_issued_by(anchor)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 def _issuing_anchor(
     signer: x509.Certificate, anchors: tuple[x509.Certificate, ...]
 ) -> x509.Certificate:
     for anchor in anchors:
-        try:
-            signer.verify_directly_issued_by(anchor)
-        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-            continue
-        return anchor
+        if _signed_by(signer, anchor):
+            return anchor
     raise _invalid("the voucher signer certificate is not issued by a trusted manufacturer root")
 
 

@@ -356,22 +356,31 @@ def _onboarding_recover(w: World, fault: str, ob: Onboarding, device_id: str) ->
             httpx.Client(base_url=server.url, timeout=30.0) as http:
         if fault == "onboarding.hello.committed":
             wait_for_fresh_hello(ob, http, SESSION_TTL_S + 5)
-        elif fault in ("onboarding.attest.nonce_spent", "onboarding.attest.before_commit",
-                       "onboarding.attest.committed"):
+        elif fault in ("onboarding.attest.nonce_spent", "onboarding.attest.before_commit"):
+            # one transaction (docs/adr/0005), rolled back: nothing issued, the nonce unspent
+            assert ob.attest_wire is not None
+            assert w.credentials(device_id) == {}  # nothing issued, nothing half-issued
+            resp = post(http, "/v1/onboarding/attest", ob.attest_wire)
+            if resp.status_code == 200:  # the nonce still lives: the same attest completes it
+                assert ob.session is not None
+                ob.onboarded = accept_attest_response(
+                    AttestResponse.from_wire(resp.content), session=ob.session,
+                    csr_public_key=ob.key.public_key, now=CLOCK.now())
+                assert ob.confirm(http).status_code == 204
+            else:
+                refused(resp, "nonce_expired")  # the restart outlived the nonce: start again
+                wait_for_fresh_hello(ob, http, SESSION_TTL_S + 5)
+        elif fault == "onboarding.attest.committed":
             assert ob.attest_wire is not None
             refused(post(http, "/v1/onboarding/attest", ob.attest_wire), "nonce_replayed")
-            if fault != "onboarding.attest.committed":
-                assert w.credentials(device_id) == {}  # nothing issued, nothing half-issued
-            else:
-                assert list(w.credentials(device_id).values()) == [CredentialState.ISSUED]
+            assert list(w.credentials(device_id).values()) == [CredentialState.ISSUED]
             wait_for_fresh_hello(ob, http, CONFIRM_S + 5)
-            if fault == "onboarding.attest.committed":
-                # the deadline sweep revoked the orphan; its key was certified once: never again
-                assert list(w.credentials(device_id).values()) == [CredentialState.REVOKED]
-                refused(ob.attest(http), "clone_suspected")
-                ob.key = DeviceFileKey.generate(ob.key.path.with_suffix(".2.pem"))
-                ob.onboarded = None
-                assert ob.hello(http).status_code == 200
+            # the deadline sweep revoked the orphan; its key was certified once: never again
+            assert list(w.credentials(device_id).values()) == [CredentialState.REVOKED]
+            refused(ob.attest(http), "clone_suspected")
+            ob.key = DeviceFileKey.generate(ob.key.path.with_suffix(".2.pem"))
+            ob.onboarded = None
+            assert ob.hello(http).status_code == 200
         elif fault == "onboarding.confirm.before_commit":
             assert ob.confirm_wire is not None
             assert w.state(device_id) is DeviceState.EXPECTED  # rolled back

@@ -16,7 +16,7 @@ Checkpoints (``service.step.point``):
 
 Onboarding (:mod:`iotrust.services.onboarding`, in ``iotrust serve``)
   ``onboarding.hello.committed``        session opened and committed, hello not yet answered
-  ``onboarding.attest.nonce_spent``     nonce spent (committed), nothing issued yet
+  ``onboarding.attest.nonce_spent``     nonce spent, not committed (one transaction), nothing issued
   ``onboarding.attest.before_commit``   credential, key and event written, not committed
   ``onboarding.attest.committed``       credential committed, attest not yet answered
   ``onboarding.confirm.before_commit``  device ACTIVE and credential ACTIVE written, not committed

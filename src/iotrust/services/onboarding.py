@@ -10,8 +10,10 @@ memory, so any number of workers (and machines) can serve one fleet:
   and answered in one transaction, and a hello refused after admission is still counted (its
   attempt is written with the refusal event);
 * one live session per device: the hello locks the device row before looking for a live session;
-* the server nonce is spent by one conditional ``UPDATE`` (open → attested) committed *before*
-  the signature is checked, so a nonce is good for exactly one attest and a failed attest burns it;
+* the server nonce is spent by one conditional ``UPDATE`` (open → attested) *before* the
+  signature is checked, in the attest's one transaction, which holds the session until it
+  commits: a nonce is good for exactly one attest; a refused attest rolls back and its refusal
+  transaction burns the nonce (open → refused), see ``docs/adr/0005``;
 * confirm moves attested → confirmed, the credential issued → active and the device
   EXPECTED → ACTIVE in one transaction, with one event.
 
@@ -434,19 +436,21 @@ class OnboardingService:
         sid = session_record_id(req.session_id)
         now = self._clock.now()
         with self._db.transaction() as tx:
-            config = OnboardingConfig.from_settings(require_domain(tx).settings)
+            domain = require_domain(tx)
+            config = OnboardingConfig.from_settings(domain.settings)
             session, binding = _session_and_binding(tx, sid)
             if session is not None and session.serial == req.serial:
                 seen.device_id = session.device_id
                 seen.session_id = sid
             session = precheck_attest(req, session=session, now=now)
             confirm_by = now.replace(microsecond=0) + timedelta(seconds=config.confirm_s)
-            # Spend the nonce and commit *before* any signature is checked: one attest per nonce.
+            # Spend the nonce *before* any signature is checked, in this transaction: the one
+            # conditional UPDATE holds the session row (PostgreSQL) or the write lock (SQLite)
+            # until the commit, so one attest per nonce. A refusal rolls it back; _refused then
+            # burns the nonce next to the refusal event (docs/adr/0005).
             consumed = tx.attest_session(sid, nonce_sha256(req.server_nonce), now, confirm_by)
-        seen.consumed = consumed
-        faults.checkpoint("onboarding.attest.nonce_spent")
-        with self._db.transaction() as tx:
-            domain = require_domain(tx)
+            seen.consumed = consumed
+            faults.checkpoint("onboarding.attest.nonce_spent")
             if binding is None or binding.voucher_sha256 is None:
                 raise refuse(r.NONCE_UNKNOWN, "the session was not opened by a hello")
             decision = check_attest(
@@ -563,7 +567,9 @@ class OnboardingService:
                 if seen.uncounted:  # the hello's own transaction (and its attempt) rolled back
                     tx.add_onboarding_attempt(seen.serial, seen.source, self._clock.now())
                 if seen.session_id is not None and seen.consumed:
-                    tx.refuse_session(seen.session_id, expected=SessionState.ATTESTED)
+                    # the refused attest spent the nonce in its rolled-back transaction: burn
+                    # it now (unless a concurrent attest with the same nonce won meanwhile)
+                    tx.refuse_session(seen.session_id, expected=SessionState.OPEN)
                 if seen.step == "confirm" and seen.attested and seen.session_id is not None \
                         and exc.reason == r.SIGNATURE_INVALID:
                     revoked = self._refuse_attested(tx, seen.session_id)

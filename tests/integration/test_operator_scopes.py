@@ -75,7 +75,8 @@ TOKENLESS_OPERATIONS: dict[tuple[str, str], str] = {
     ("POST", "/v1/broker/emqx/authn"): "broker hook: shared hook secret, certificate CN",
     ("GET", "/v1/tuf/image/metadata/{name}"): "TUF metadata is signed and public",
     ("GET", "/v1/tuf/image/targets/{served_path}"): "TUF targets are verified by hash",
-    ("GET", "/v1/tuf/director/{device_id}/metadata/{name}"): "signed TUF metadata per device",
+    ("GET", "/v1/tuf/director/{device_id}/metadata/{name}"): "device: read signed with its "
+                                                                  "operational key (own only)",
     ("POST", "/v1/updates/status"): "device: COSE-signed status report",
 }
 

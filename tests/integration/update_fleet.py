@@ -56,11 +56,18 @@ class TamperingFetcher(FetcherInterface):
         self.fetched: list[str] = []
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        return self.fetch_with_headers(url, {})
+
+    def fetch_with_headers(self, url: str, headers: Mapping[str, str]) -> Iterator[bytes]:
+        """Like ``fetch``, passing ``headers`` (the device's signed read) to the inner fetcher."""
         self.fetched.append(url)
         for suffix, data in self.replace.items():
             if url.endswith(suffix):
                 return iter([data])
+        send = getattr(self.inner, "fetch_with_headers", None)
         try:
+            if send is not None:
+                return iter(list(send(url, headers)))
             return iter(list(self.inner.fetch(url)))
         except tuf_errors.DownloadHTTPError:
             raise

@@ -4,6 +4,9 @@ One :meth:`UpdateClient.poll`:
 
 1. a **new** ``tuf.ngclient.Updater`` for the director (python-tuf 7 allows one ``refresh()``
    per instance) refreshes this device's director metadata from the trusted director root;
+   every director request is signed with the operational key (:class:`SignedReadFetcher`:
+   ``Authorization: IotrustDevice <envelope>``, :mod:`iotrust.core.signed_reads`), because the
+   server gives a device's director metadata to that device only;
 2. for each target the director lists, the device refuses another hardware class, a release
    counter not above the installed one and a too-old agent (:mod:`iotrust.core.updates`);
 3. a new ``Updater`` for the image repository refreshes and looks the same path up; both
@@ -38,7 +41,8 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -54,7 +58,7 @@ from tuf.ngclient import (  # type: ignore[attr-defined] # re-exported without _
 from iotrust import __version__
 from iotrust.agent.state import write_atomic
 from iotrust.agent.transport import Transport, check_reply
-from iotrust.core import envelope
+from iotrust.core import envelope, signed_reads
 from iotrust.core import updates as u
 from iotrust.errors import InputError, IotrustError, TrustError
 from iotrust.ports import Signer
@@ -134,21 +138,51 @@ def parse_root_bundle(bundle: bytes) -> tuple[bytes, bytes]:
 
 
 class HttpxFetcher(FetcherInterface):
-    """python-tuf's fetcher seam over an ``httpx.Client`` (real HTTP or an in-process app)."""
+    """python-tuf's fetcher seam over an ``httpx.Client`` (real HTTP or an in-process app).
+
+    :meth:`fetch_with_headers` is what :class:`SignedReadFetcher` calls to add its
+    ``Authorization`` header; python-tuf itself only calls ``fetch(url)``.
+    """
 
     def __init__(self, client: httpx.Client, *, chunk: int = 64 * 1024) -> None:
         self._client = client
         self._chunk = chunk
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        return self.fetch_with_headers(url, {})
+
+    def fetch_with_headers(self, url: str, headers: Mapping[str, str]) -> Iterator[bytes]:
+        """GET ``url`` with extra ``headers``; python-tuf's errors for failures."""
         try:
-            reply = self._client.get(url)
+            reply = self._client.get(url, headers=dict(headers))
         except httpx.HTTPError as exc:
             raise tuf_errors.DownloadError(f"cannot fetch: {type(exc).__name__}") from None
         if reply.status_code != 200:  # noqa: PLR2004
             raise tuf_errors.DownloadHTTPError(f"HTTP {reply.status_code}", reply.status_code)
         data = reply.content
         return iter([data[i:i + self._chunk] for i in range(0, len(data), self._chunk)] or [b""])
+
+
+class SignedReadFetcher(FetcherInterface):
+    """A python-tuf fetcher whose every request carries a device-signed ``Authorization``.
+
+    ``headers(url)`` returns the headers for one URL (signed at the moment of the request);
+    ``inner`` does the transfer and must offer ``fetch_with_headers(url, headers)`` (as
+    :class:`HttpxFetcher` and wrappers of it do). An inner fetcher without it (a test double
+    reading files) gets a plain ``fetch(url)``: the server would then refuse the read.
+    """
+
+    def __init__(self, inner: FetcherInterface,
+                 headers: Callable[[str], Mapping[str, str]]) -> None:
+        self.inner = inner
+        self._headers = headers
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        send = getattr(self.inner, "fetch_with_headers", None)
+        if send is None:
+            return self.inner.fetch(url)
+        chunks: Iterator[bytes] = send(url, self._headers(url))
+        return chunks
 
 
 def _reason(exc: Exception) -> str:
@@ -292,13 +326,27 @@ class UpdateClient:
     # -- polling -----------------------------------------------------------------------------
 
     def _updater(self, name: str, metadata_url: str, root: bytes,
-                 targets_url: str | None = None) -> Updater:
+                 targets_url: str | None = None,
+                 fetcher: FetcherInterface | None = None) -> Updater:
         meta = self.base / "tuf" / name
         meta.mkdir(parents=True, exist_ok=True, mode=0o700)
         targets = self.base / "downloads"
         targets.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return Updater(str(meta), metadata_url, str(targets), targets_url, self._fetcher,
-                       bootstrap=root)
+        return Updater(str(meta), metadata_url, str(targets), targets_url,
+                       fetcher or self._fetcher, bootstrap=root)
+
+    def _director_headers(self, url: str) -> dict[str, str]:
+        """The signed ``Authorization`` for one director URL (``.../metadata/<name>``)."""
+        name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+        topic = signed_reads.director_read_topic(self.device_id, name)
+        return {"Authorization": signed_reads.authorization(
+            self._signer, device_id=self.device_id, kid=self._kid, topic=topic,
+            timestamp_ms=self._now_ms())}
+
+    def _director_fetcher(self) -> FetcherInterface:
+        if self._fetcher is None:  # python-tuf's default fetcher cannot add headers
+            self._fetcher = HttpxFetcher(httpx.Client(timeout=30.0))
+        return SignedReadFetcher(self._fetcher, self._director_headers)
 
     def _trusted_root(self, name: str) -> bytes:
         return (self.base / "tuf" / name / "root.json").read_bytes()
@@ -308,7 +356,7 @@ class UpdateClient:
         state = self.load()
         director = self._updater(
             "director", f"{self.server_url}/v1/tuf/director/{self.device_id}/metadata/",
-            state.director_root)
+            state.director_root, fetcher=self._director_fetcher())
         try:
             director.refresh()
             targets = Metadata[Targets].from_bytes(

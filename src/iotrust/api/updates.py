@@ -5,7 +5,10 @@
   ``N.config.json``);
 * ``GET /v1/tuf/image/targets/{path}`` — target files by consistent name (``dir/<sha256>.name``);
 * ``GET /v1/tuf/director/{device_id}/metadata/{name}`` — the director's per-device metadata
-  (roots are shared). Not authenticated per device yet (see :mod:`iotrust.adapters.tuf.director`);
+  (roots are shared), for that device only: the request carries ``Authorization: IotrustDevice
+  <envelope>`` signed with the device's operational key (:mod:`iotrust.core.signed_reads`,
+  checked by :mod:`iotrust.services.director_access`); anything else is a 403 with its reason
+  and, once a signature verifies, an ``update.director_read_refused`` event;
 * ``POST /v1/updates/status`` — a device's signed status report (COSE_Sign1 envelope,
   ``application/cose``), see :mod:`iotrust.services.rollouts`.
 
@@ -21,17 +24,22 @@ annotations (``Reader``, ``Writer``) at runtime, and local names are only visibl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from iotrust.core.records import ApiToken
 from iotrust.errors import InputError, NotFoundError
-from iotrust.services import rollouts, updates
+from iotrust.services import director_access, rollouts, updates
 
 if TYPE_CHECKING:
     from iotrust.api.app import AppState
 
 MAX_STATUS_BYTES = 4096
+_DIRECTOR_READ_RESPONSES: dict[int | str, dict[str, Any]] = {403: {
+    "description": "Refused: no device-signed request, or signed by another device "
+                   "(`device_auth_required`, `device_mismatch`, `request_mismatch`, "
+                   "`request_stale`, `unknown_credential`, `signature_invalid`, "
+                   "`credential_revoked`, `credential_expired`, `retired`)."}}
 
 
 def router(state: "AppState", require: Callable[[str], Callable[..., ApiToken]]) -> APIRouter:
@@ -50,9 +58,13 @@ def router(state: "AppState", require: Callable[[str], Callable[..., ApiToken]])
         path = updates.image_target_file(state.settings, served_path)
         return FileResponse(path, media_type="application/octet-stream")
 
-    @api.get("/v1/tuf/director/{device_id}/metadata/{name}", response_class=FileResponse)
-    def director_metadata(device_id: str, name: str) -> FileResponse:
-        """The director's metadata for one device."""
+    @api.get("/v1/tuf/director/{device_id}/metadata/{name}", response_class=FileResponse,
+             responses=_DIRECTOR_READ_RESPONSES)
+    def director_metadata(device_id: str, name: str,
+                          authorization: Annotated[str | None, Header()] = None) -> FileResponse:
+        """The director's metadata for one device, read by that device (signed request)."""
+        director_access.authorize_director_read(state.db, state.clock, device_id=device_id,
+                                                name=name, authorization=authorization)
         path = updates.director_metadata_file(state.settings, state.secrets, state.clock,
                                               device_id, name)
         return FileResponse(path, media_type="application/json")

@@ -13,9 +13,9 @@ installs anything. Publishing writes targets, then snapshot, then timestamp; ver
 ``N-1`` are kept (a client that fetched the old timestamp can still finish), older ones removed.
 A lock file serialises writers.
 
-Serving per device is not authenticated yet: anyone who knows a device id can read which image
-it should run (not a secret in itself: the images are public within the trust domain). Binding
-these reads to the device's operational credential (mTLS or a signed request) is a later step.
+Serving is per device: the API gives a device's files only to that device, proven by a request
+signed with its operational key (:mod:`iotrust.services.director_access`); this module only
+reads and writes the files.
 
 This module does not decide *what* a device should run (:mod:`iotrust.services.rollouts` does)
 and does not open keys.

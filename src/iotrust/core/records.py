@@ -23,6 +23,8 @@ from iotrust.errors import InputError
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _VENDOR_PRODUCT = re.compile(r"^[A-Za-z0-9._-]{1,32}:[A-Za-z0-9._-]{1,32}$")
+#: A product id as vouchers and factory certificates carry it (``check_vendor_product``).
+_PRODUCT_ID = re.compile(r"^[0-9A-Za-z_-]{1,16}$")
 _RECORD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _MAX_SERIAL_HEX = 40  # RFC 5280: at most 20 octets
 
@@ -195,17 +197,27 @@ class Manufacturer:
 
 @dataclass(frozen=True, slots=True)
 class DeviceModel:
-    """A device model of one manufacturer and what its hardware allows."""
+    """A device model of one manufacturer and what its hardware allows.
+
+    ``product_id`` is the product id the manufacturer's vouchers and factory certificates carry
+    for this model (``None`` for a model registered before models were bound to a product); a
+    device of that manufacturer and product gets the model when it becomes known.
+    """
 
     name: str
     manufacturer: str
     credential_lifetime_s: int
     created_at: datetime
     hardware_profile: str | None = None
+    product_id: str | None = None
 
     def __post_init__(self) -> None:
         check_slug(self.name, "model")
         check_slug(self.manufacturer, "manufacturer")
+        if self.product_id is not None and (not isinstance(self.product_id, str)
+                                            or not _PRODUCT_ID.fullmatch(self.product_id)):
+            raise InputError("product_id must be 1-16 characters of [0-9A-Za-z_-]",
+                             reason="invalid_product_id")
         if isinstance(self.credential_lifetime_s, bool) or self.credential_lifetime_s <= 0:
             raise InputError("credential lifetime must be a positive number of seconds",
                              reason="invalid_lifetime")

@@ -132,6 +132,10 @@ device_models = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     # 0004: the policy every device of this model gets (NULL: the default policy)
     Column("policy", String(64), ForeignKey("policies.name"), nullable=True),
+    # 0011: the product id its vouchers/factory certificates carry (NULL: not bound to one)
+    Column("product_id", String(16), nullable=True),
+    # 0011: one model per (manufacturer, product); NULLs (unbound models) never collide
+    Index("uq_device_models_manufacturer_product_id", "manufacturer", "product_id", unique=True),
 )
 
 devices = Table(

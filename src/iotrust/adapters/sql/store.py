@@ -137,6 +137,7 @@ _CONSTRAINT_ERRORS: Final[dict[str, tuple[type[IotrustError], str]]] = {
     "pk_certificate_authorities": (ConflictError, "ca_exists"),
     "pk_manufacturers": (ConflictError, "manufacturer_exists"),
     "pk_device_models": (ConflictError, "model_exists"),
+    "uq_device_models_manufacturer_product_id": (ConflictError, "model_product_exists"),
     "fk_device_models_manufacturer_manufacturers": (NotFoundError, "unknown_manufacturer"),
     "pk_devices": (ConflictError, "duplicate_device_id"),
     "uq_devices_manufacturer_serial": (ConflictError, "duplicate_serial"),
@@ -181,6 +182,9 @@ def _unique_by_columns() -> dict[tuple[str, frozenset[str]], str]:
             columns = frozenset(c.name for c in getattr(constraint, "columns", ()))
             if columns and constraint.name and not hasattr(constraint, "elements"):
                 out[(table.name, columns)] = str(constraint.name)
+        for index in table.indexes:  # unique indexes report like unique constraints
+            if index.unique and index.name:
+                out[(table.name, frozenset(c.name for c in index.columns))] = str(index.name)
     return out
 
 
@@ -298,7 +302,8 @@ def _manufacturer(row: Row[Any]) -> Manufacturer:
 def _model(row: Row[Any]) -> DeviceModel:
     return DeviceModel(name=row.name, manufacturer=row.manufacturer,
                        credential_lifetime_s=int(row.credential_lifetime_s),
-                       created_at=row.created_at, hardware_profile=row.hardware_profile)
+                       created_at=row.created_at, hardware_profile=row.hardware_profile,
+                       product_id=row.product_id)
 
 
 def _voucher(row: Row[Any]) -> Voucher:
@@ -964,7 +969,7 @@ class Tx:
             "name": model.name, "manufacturer": model.manufacturer,
             "hardware_profile": model.hardware_profile,
             "credential_lifetime_s": model.credential_lifetime_s,
-            "created_at": model.created_at})
+            "created_at": model.created_at, "product_id": model.product_id})
 
     def get_model(self, name: str) -> DeviceModel:
         """One model; ``NotFoundError(unknown_model)``."""
@@ -972,6 +977,29 @@ class Tx:
         if row is None:
             raise NotFoundError(f"no device model {name!r:.80}", reason="unknown_model")
         return _model(row)
+
+    def find_model_for_product(self, manufacturer: str, product_id: str) -> DeviceModel | None:
+        """The model bound to this manufacturer's product id, if one is registered."""
+        t = s.device_models
+        row = self._exec(select(t).where(t.c.manufacturer == manufacturer,
+                                         t.c.product_id == product_id)).first()
+        return _model(row) if row is not None else None
+
+    def assign_model_to_product(self, model: DeviceModel, at: datetime) -> int:
+        """Give ``model`` to every not yet retired, model-less device of its product.
+
+        Devices that already have a model (an operator's explicit choice) keep it. Returns how
+        many devices were assigned; a model bound to no product assigns none.
+        """
+        self._writable()
+        if model.product_id is None:
+            return 0
+        t = s.devices
+        result = self._exec(update(t).where(
+            t.c.manufacturer == model.manufacturer, t.c.product_id == model.product_id,
+            t.c.model.is_(None), t.c.state != DeviceState.RETIRED.value,
+        ).values(model=model.name, updated_at=at))
+        return int(result.rowcount)
 
     def list_models(self, manufacturer: str | None = None) -> list[DeviceModel]:
         """Models by name, optionally of one manufacturer."""

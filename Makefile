@@ -35,9 +35,11 @@ unit: venv
 bench: venv
 	.venv/bin/python -m benchmarks.run $(BENCH_ARGS)
 
-# Soak (not in CI): simulated fleet against serve --workers 2 on PostgreSQL, 10 min by default
-# (SOAK_ARGS="--minutes 5 --devices 2000"; --sqlite for a file database). Writes
-# benchmarks/results/soak.json.
+# Soak (not in CI): simulated fleet against serve --workers 2 on PostgreSQL, 10 min by default,
+# publishing signed telemetry through its own Mosquitto to iotrust ingest
+# (SOAK_ARGS="--minutes 5 --devices 2000"; --sqlite for a file database, --no-mqtt without the
+# broker, --publish-rate N messages/s). Exit 1 on any error, broken invariant or growing RSS.
+# Writes benchmarks/results/soak.json.
 soak: venv
 	.venv/bin/python -m benchmarks.soak $(SOAK_ARGS)
 

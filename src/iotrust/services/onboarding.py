@@ -66,6 +66,7 @@ from iotrust.core.onboarding.server import (
     check_confirm,
     check_hello,
     hello_response,
+    load_chain_certificate,
     new_session,
     nonce_sha256,
     precheck_attest,
@@ -618,7 +619,7 @@ def _session_and_binding(tx: Tx, session_id: str,
 def _claimed_identity(req: HelloRequest) -> tuple[str | None, str | None]:
     """The manufacturer and factory key the (not yet verified) leaf certificate claims."""
     try:
-        ident = pki.read_factory_identity(pki.load_certificate(req.factory_chain[0]))
+        ident = pki.read_factory_identity(load_chain_certificate(req.factory_chain[0]))
     except InputError:
         return None, None
     return ident.manufacturer, ident.spki_sha256

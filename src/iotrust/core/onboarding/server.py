@@ -13,6 +13,7 @@ persists the outcome and records the event (accepted or refused).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable
@@ -152,9 +153,20 @@ def _aware(now: datetime) -> None:
         raise TypeError("onboarding decisions need a timezone-aware time")
 
 
+@functools.lru_cache(maxsize=64)
+def load_chain_certificate(der: bytes) -> x509.Certificate:
+    """:func:`iotrust.core.pki.load_certificate` for a hello's chain, remembered per DER.
+
+    A certificate is an immutable value of its bytes: the service's look-up and
+    :func:`check_hello` parse the leaf once between them, and a manufacturer's issuing CA,
+    sent by every device, is parsed once. Failures (``InputError``) are not remembered.
+    """
+    return pki.load_certificate(der)
+
+
 def _load_chain(req: HelloRequest) -> tuple[x509.Certificate, list[x509.Certificate]]:
     try:
-        certs = [pki.load_certificate(der) for der in req.factory_chain]
+        certs = [load_chain_certificate(der) for der in req.factory_chain]
     except InputError as exc:
         raise malformed("factory_chain holds something that is not a DER certificate") from exc
     return certs[0], certs[1:]

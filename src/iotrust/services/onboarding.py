@@ -399,14 +399,19 @@ class OnboardingService:
 
     def _admit_unsafely(self, tx: Tx, decision: HelloDecision, domain: TrustDomain, seen: _Seen,
                         now: datetime) -> Device:
-        """Unsafe manufacturer-CA-only trust: create the genuine but unvouched device."""
+        """Unsafe manufacturer-CA-only trust: create the genuine but unvouched device.
+
+        It gets the model registered for its manufacturer and product id, if any.
+        """
         ident = decision.identity
+        model = tx.find_model_for_product(ident.manufacturer, ident.product_id)
         device = Device(
             id=new_device_id(self._random(16)), manufacturer=ident.manufacturer,
             serial=decision.serial, factory_spki_sha256=ident.spki_sha256,
             vendor_id=ident.vendor_id, product_id=ident.product_id, owner=domain.owner,
             state=DeviceState.EXPECTED, created_at=now, updated_at=now,
-            key_storage=KeyStorage.UNKNOWN, unsafe_admission=True)
+            key_storage=KeyStorage.UNKNOWN, unsafe_admission=True,
+            model=model.name if model is not None else None)
         try:
             tx.add_device(device)
             tx.record_key(ident.spki_sha256, "factory", device.id, now)

@@ -5,13 +5,16 @@ anchors, owner is this trust domain, vendor/product allowed) and either creates 
 or is refused with a reason and an event. A second voucher for the same serial that diverges from
 the first (another key, model or owner) is refused; the same voucher again is a no-op. A factory key
 already bound to another device is refused as a cloned identity. Refused vouchers change nothing
-but the event log.
+but the event log. A new device gets the device model registered for its manufacturer and product
+id, if there is one (``iotrust model add --product-id``); otherwise it has no model until one is
+registered or an operator sets it.
 
 Work is batched (one transaction per batch) for throughput; the per-voucher semantics do not change.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -70,12 +73,21 @@ class _Context:
         self.owner_spki = pki.spki_sha256(root.public_key())
         self.manufacturers: dict[str, Manufacturer | None] = {}
         self.anchors: dict[str, list[x509.Certificate]] = {}
+        self.models: dict[tuple[str, str], str | None] = {}
 
     def manufacturer(self, tx: Tx, name: str) -> Manufacturer | None:
         if name not in self.manufacturers:
             found = [m for m in tx.list_manufacturers() if m.name == name]
             self.manufacturers[name] = found[0] if found else None
         return self.manufacturers[name]
+
+    def model(self, tx: Tx, manufacturer: str, product_id: str) -> str | None:
+        """The name of the model registered for this manufacturer's product, if any."""
+        key = (manufacturer, product_id)
+        if key not in self.models:
+            found = tx.find_model_for_product(manufacturer, product_id)
+            self.models[key] = found.name if found is not None else None
+        return self.models[key]
 
 
 def import_vouchers(
@@ -160,6 +172,8 @@ def _one(tx: Tx, clock: Clock, *, ctx: _Context, seen: _Batch, raw: bytes, actor
         same_key = existing.factory_spki_sha256 == claims.factory_spki_sha256
         if existing.state is DeviceState.RETIRED and transferred and same_key:
             moved = readmit(existing, claims.owner, now)
+            moved = dataclasses.replace(moved, model=moved.model or ctx.model(
+                tx, existing.manufacturer, existing.product_id))
             tx.update_device(moved, expected_state=DeviceState.RETIRED)
             tx.add_voucher(existing.id, signed.sha256, raw, claims.owner, now)
             eventlog.record(tx, clock, ev.DEVICE_EXPECTED, actor=actor, device_id=existing.id,
@@ -178,7 +192,8 @@ def _one(tx: Tx, clock: Clock, *, ctx: _Context, seen: _Batch, raw: bytes, actor
         manufacturer=claims.manufacturer, serial=claims.serial,
         factory_spki_sha256=claims.factory_spki_sha256, vendor_id=claims.vendor_id,
         product_id=claims.product_id, owner=claims.owner, state=DeviceState.EXPECTED,
-        created_at=now, updated_at=now, key_storage=KeyStorage.UNKNOWN)
+        created_at=now, updated_at=now, key_storage=KeyStorage.UNKNOWN,
+        model=ctx.model(tx, claims.manufacturer, claims.product_id))
     tx.add_device(device)
     tx.add_voucher(device.id, signed.sha256, raw, claims.owner, now)
     tx.record_key(claims.factory_spki_sha256, "factory", device.id, now)
@@ -187,6 +202,6 @@ def _one(tx: Tx, clock: Clock, *, ctx: _Context, seen: _Batch, raw: bytes, actor
     new_devices.append(device)
     eventlog.record(tx, clock, ev.VOUCHER_IMPORTED, actor=actor, device_id=device.id,
                     data={"manufacturer": device.manufacturer, "serial": device.serial,
-                          "voucher_sha256": signed.sha256})
+                          "voucher_sha256": signed.sha256, "model": device.model})
     return device.id
 

@@ -96,8 +96,8 @@ def test_restored_service_keeps_refusing(tmp_path: Path) -> None:  # noqa: PLR09
     with tarfile.open(archive) as tar:
         names = tar.getnames()
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
-    assert names[0] == "manifest.json"
-    assert set(names[1:]) == set(manifest["members"])
+    assert names[:2] == ["manifest.json", "manifest.sig"]
+    assert set(names[2:]) == set(manifest["members"])
     assert "passphrase" not in names
     assert not [n for n in names if n.startswith("keys/") and not n.endswith(".key.pem")]
     assert manifest["event_head"]

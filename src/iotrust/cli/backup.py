@@ -20,9 +20,10 @@ CLOCK = SystemClock()
 def backup_cmd(
     out: Path = typer.Argument(..., help="The archive to write (mode 0600; never overwritten)."),
 ) -> None:
-    """Back up the registry, encrypted keys, event log, CA/CRL/TUF files into one archive."""
+    """Back up the registry, encrypted keys, event log, CA/CRL/TUF files into one signed archive."""
     with errors():
-        report = backup_svc.backup(STATE.db(), STATE.settings, CLOCK, out, actor=STATE.actor())
+        report = backup_svc.backup(STATE.db(), STATE.settings, CLOCK, out, actor=STATE.actor(),
+                                   secrets=STATE.secrets())
         emit_object(report.as_dict())
 
 
@@ -32,14 +33,18 @@ def restore_cmd(
                                      "of iotrust, IOTRUST_DATA or ./data)."),
     force: bool = typer.Option(False, "--force",
                                help="Move an existing trust domain aside and replace it."),
+    pkcs11_module: str | None = typer.Option(
+        None, "--pkcs11-module", envvar="IOTRUST_PKCS11_MODULE",
+        help="Your PKCS#11 module, when the archive was signed by a key on a token."),
 ) -> None:
-    """Verify an archive (manifest hashes, event chain) and restore it into a data folder."""
+    """Verify an archive (signature, manifest hashes, event chain) and restore it."""
     if data is not None:
         STATE.data = data
     with errors():
         sec = STATE.secrets()
         report = backup_svc.restore(archive, STATE.settings, CLOCK, passphrase=sec.passphrase,
-                                    pin=sec.pin, actor=STATE.actor(), force=force)
+                                    pin=sec.pin, actor=STATE.actor(), force=force,
+                                    pkcs11_module=pkcs11_module)
         if report.broker.startswith("not regenerated"):
             err.print(f"[yellow]note:[/] broker files {report.broker}")
         emit_object(report.as_dict())

@@ -11,14 +11,42 @@
 * the CA certificates, CRLs, the TUF repositories and keyring, the exported event-log anchor and
   the broker's settings (``broker/broker.json``);
 * ``manifest.json``: the format, the tool version, the SHA-256 of every other member, the
-  event-log head and the key references that are not in the archive.
+  event-log head, the key references that are not in the archive and the signing CA;
+* ``manifest.sig``: an ECDSA P-256 signature over ``iotrust-backup-manifest-v1``, a zero byte
+  and the exact bytes of ``manifest.json``, made with the trust domain's active **issuing CA
+  key** (opened with the operator's passphrase or PKCS#11 PIN, like any issuance). The
+  manifest holds every member's SHA-256, so the signature covers the whole archive.
+
+Why a signature with the domain's key, not an HMAC derived from a passphrase: whoever holds the
+archive also holds everything in it, including the event chain, which anyone can recompute
+after an edit; only a secret outside the archive can tell an altered archive from a real one. An
+HMAC key derived from the passphrase would need a passphrase-protected domain (a PKCS#11 domain
+has none) and a second KDF of the same secret; the CA key already exists in both kinds of domain,
+is what the operator unlocks to run the service at all, and is the one key whose compromise is
+already game over (it mints the fleet's identities), so using it adds no new secret to guard. The
+context prefix keeps the signature from ever being mistaken for a certificate or CRL signature
+(those sign DER that begins with ``0x30``).
+
+How ``restore`` knows the signing key is genuine without trusting the archive: it *opens* the
+key the manifest names with the operator's own secrets, as the service would. A ``file:`` key
+must be a member of the archive under ``keys/`` and must decrypt with the operator's passphrase
+(nobody without the passphrase can make such a file); a ``pkcs11:`` key must live on the
+operator's token, through the PKCS#11 module the operator names (``IOTRUST_PKCS11_MODULE``; a
+module path from the archive is never loaded). The signature must verify under that key before
+any member is compared or anything moves: a missing signature (``backup_unsigned``, also an
+archive of format ``iotrust-backup/1`` made before signing), a key that cannot be opened
+(``backup_unverifiable``) or a signature that does not verify (``backup_signature_invalid``)
+is a ``TrustError`` (exit 77) and nothing is put in place. Not covered: an *older* genuine
+archive of the same domain is still a valid archive (the report and event name its head and
+date; choose it knowingly).
 
 Never in the archive: the development passphrase file, the dashboard session secret, the
 broker's TLS key, admin secret and generated files (they are regenerated on restore), the
 ingest spool.
 
-``restore`` extracts into a staging folder next to the target, checks the manifest (every
-member present, no other member, every hash), opens the registry copy and verifies the whole
+``restore`` extracts into a staging folder next to the target, checks the manifest's signature
+(above), then the manifest (every member present, no other member, every hash), opens the
+registry copy and verifies the whole
 event chain and that the manifest's head is still in it, and only then puts the folder in place.
 An existing trust domain is refused (``domain_exists``) unless ``force``; then the old data
 folder is moved aside (``DATA.replaced-<time>``), never deleted. Key references under the old
@@ -30,6 +58,7 @@ This module never reads a key's secret part and never logs.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -45,6 +74,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Final
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.engine import make_url
 
 from iotrust import __version__
@@ -52,7 +84,9 @@ from iotrust.adapters.files import write_atomic
 from iotrust.adapters.keys.refs import KeyRefKind, parse_key_ref
 from iotrust.adapters.sql.store import Database
 from iotrust.adapters.tuf.keyring import Keyring, RoleKeys
+from iotrust.core import pki
 from iotrust.core.events import format_anchor, parse_anchor
+from iotrust.core.records import CaRole, CaState, CertificateAuthority
 from iotrust.errors import (
     BackendError,
     ConflictError,
@@ -60,13 +94,20 @@ from iotrust.errors import (
     IotrustError,
     TrustError,
 )
-from iotrust.ports import Clock
+from iotrust.ports import Clock, Signer
 from iotrust.services import broker as broker_svc
 from iotrust.services import domain, eventlog
 from iotrust.services.settings import Settings
 
-FORMAT: Final = "iotrust-backup/1"
+FORMAT: Final = "iotrust-backup/2"
+#: Archives written before backups were signed.
+UNSIGNED_FORMAT: Final = "iotrust-backup/1"
 MANIFEST: Final = "manifest.json"
+SIGNATURE: Final = "manifest.sig"
+SIGNATURE_FORMAT: Final = "iotrust-backup-signature/1"
+#: What the issuing CA key signs: this prefix, then the exact manifest bytes.
+SIGNED_CONTEXT: Final = b"iotrust-backup-manifest-v1\x00"
+MAX_SIGNATURE_BYTES: Final = 4096
 SQLITE_MEMBER: Final = "registry/iotrust.db"
 PG_MEMBER: Final = "registry/postgresql.dump"
 #: The registry was restored from an archive (``data``: head, format, tool version).
@@ -130,14 +171,20 @@ class RestoreReport:
 
 
 def backup(db: Database, settings: Settings, clock: Clock, out: Path, *, actor: str,
-           ) -> BackupReport:
-    """Write the archive ``out`` (see the module doc); ``ConflictError(file_exists)``."""
+           secrets: domain.Secrets) -> BackupReport:
+    """Write the signed archive ``out`` (see the module doc).
+
+    Raises ``ConflictError(file_exists)``; ``TrustError(backup_key_unavailable)`` when the
+    issuing CA key cannot be opened with ``secrets`` (nothing is written then).
+    """
     out = out.absolute()
     if out.exists():
         raise ConflictError(f"{out} exists; refusing to overwrite it", reason="file_exists")
     with db.transaction(readonly=True) as tx:
         domain.require_domain(tx)
         cas = tx.list_cas()
+    signing_ca = _signing_ca(cas)
+    signer = _open_backup_key(secrets, signing_ca.key_ref)
     refs = [c.key_ref for c in cas] + _keyring_refs(settings)
     pkcs11 = tuple(sorted({r for r in refs if r.startswith("pkcs11:")}))
     data_root = settings.data_dir.absolute()
@@ -162,15 +209,59 @@ def backup(db: Database, settings: Settings, clock: Clock, out: Path, *, actor: 
             "not_included": ["passphrase (keep it apart)", "dashboard session secret",
                              "broker TLS key and admin secret (regenerated on restore)",
                              "PKCS#11 keys (they stay in their token)"],
+            "signed_by": {"ca_id": signing_ca.id, "key_ref": signing_ca.key_ref,
+                          "spki_sha256": pki.spki_sha256(signer.public_key)},
         }
-        _write_archive(out, staging, manifest)
+        body = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+        try:
+            signature = _sign_manifest(signer, body)
+        finally:
+            _close(signer)
+        _write_archive(out, staging, manifest, body, signature)
     sha = _sha256_file(out)
     with db.transaction() as tx:
         eventlog.record(tx, clock, BACKUP_CREATED, actor=actor,
                         data={"archive_sha256": sha, "event_head": head,
-                              "members": len(digests) + 1, "database": kind})
-    return BackupReport(archive=out, sha256=sha, members=len(digests) + 1, event_head=head,
+                              "members": len(digests) + 2, "database": kind,
+                              "signed_by": signing_ca.id})
+    return BackupReport(archive=out, sha256=sha, members=len(digests) + 2, event_head=head,
                         database=kind, pkcs11_keys=pkcs11, external_keys=external)
+
+
+# -- the signature -----------------------------------------------------------------------------
+
+
+def _signing_ca(cas: list[CertificateAuthority]) -> CertificateAuthority:
+    """The newest active issuing CA (the key the service uses every day)."""
+    issuing = [c for c in cas if c.role == CaRole.ISSUING and c.state == CaState.ACTIVE]
+    if not issuing:
+        raise TrustError("the trust domain has no active issuing CA to sign the backup with",
+                         reason="backup_key_unavailable")
+    return issuing[-1]
+
+
+def _open_backup_key(secrets: domain.Secrets, key_ref: str) -> Signer:
+    try:
+        return secrets.open(key_ref)
+    except IotrustError as exc:
+        raise TrustError("cannot open the issuing CA key to sign the backup: give the domain "
+                         "passphrase (IOTRUST_PASSPHRASE_FILE) or PKCS#11 PIN",
+                         reason="backup_key_unavailable", detail=exc.message) from None
+
+
+def _close(signer: Signer) -> None:
+    close = getattr(signer, "close", None)
+    if callable(close):
+        with suppress(Exception):
+            close()
+
+
+def _sign_manifest(signer: Signer, manifest_bytes: bytes) -> bytes:
+    """``manifest.sig``: the issuing CA key's signature over the context and the manifest."""
+    der = signer.sign(SIGNED_CONTEXT + manifest_bytes)
+    return json.dumps({"format": SIGNATURE_FORMAT, "alg": "ES256",
+                       "signature": base64.b64encode(der).decode("ascii")},
+                      indent=2, sort_keys=True).encode() + b"\n"
 
 
 def _keyring_refs(settings: Settings) -> list[str]:
@@ -311,7 +402,8 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_archive(out: Path, staging: Path, manifest: dict[str, Any]) -> None:
+def _write_archive(out: Path, staging: Path, manifest: dict[str, Any], body: bytes,
+                   signature: bytes) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(out, flags, 0o600)
@@ -324,8 +416,8 @@ def _write_archive(out: Path, staging: Path, manifest: dict[str, Any]) -> None:
     try:
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w",
                                                       format=tarfile.PAX_FORMAT) as tar:
-            body = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
             _add_bytes(tar, MANIFEST, body)
+            _add_bytes(tar, SIGNATURE, signature)
             for name in manifest["members"]:
                 with (staging / name).open("rb") as handle:
                     info = tarfile.TarInfo(name)
@@ -351,8 +443,13 @@ def _add_bytes(tar: tarfile.TarFile, name: str, body: bytes) -> None:
 
 
 def restore(archive: Path, settings: Settings, clock: Clock, *, passphrase: bytes | None,
-            pin: str | None, actor: str, force: bool = False) -> RestoreReport:
-    """Verify ``archive`` and put it in place as ``settings.data_dir`` (see the module doc)."""
+            pin: str | None, actor: str, force: bool = False,
+            pkcs11_module: str | None = None) -> RestoreReport:
+    """Verify ``archive`` and put it in place as ``settings.data_dir`` (see the module doc).
+
+    ``passphrase``/``pin`` open the key that signed the archive; ``pkcs11_module`` is the
+    operator's PKCS#11 module, needed when that key is on a token.
+    """
     target = settings.data_dir.absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     existing = _existing_domain(settings)
@@ -360,7 +457,8 @@ def restore(archive: Path, settings: Settings, clock: Clock, *, passphrase: byte
         raise ConflictError(f"{target} already holds a trust domain; refusing to overwrite it "
                             "(pass --force to move it aside)", reason="domain_exists")
     with _staging(target.parent) as staging:
-        manifest = _extract_verified(archive, staging)
+        manifest = _extract_verified(archive, staging, domain.Secrets(passphrase=passphrase,
+                                                                      pin=pin), pkcs11_module)
         kind = manifest["database"]
         if kind != _database_kind(settings.database_url):
             raise InputError(f"the archive holds a {kind} registry; the target registry is "
@@ -401,7 +499,8 @@ def restore(archive: Path, settings: Settings, clock: Clock, *, passphrase: byte
             eventlog.record(tx, clock, REGISTRY_RESTORED, actor=actor,
                             data={"event_head": head, "format": manifest["format"],
                                   "tool_version": manifest["tool_version"],
-                                  "replaced": replaced is not None, "broker": broker})
+                                  "replaced": replaced is not None, "broker": broker,
+                                  "signed_by": manifest["signed_by"]["ca_id"]})
     finally:
         db.close()
     return RestoreReport(data_dir=target, event_head=head, records=records, replaced=replaced,
@@ -433,15 +532,38 @@ def _safe_name(name: str) -> str:
     return path.as_posix()
 
 
-def _extract_verified(archive: Path, staging: Path) -> dict[str, Any]:
-    """Extract regular members into ``staging`` and check them against the manifest."""
+def _extract_verified(archive: Path, staging: Path, secrets: domain.Secrets,
+                      pkcs11_module: str | None) -> dict[str, Any]:
+    """Extract regular members into ``staging``; check the signature, then every member."""
     try:
         tar = tarfile.open(archive, mode="r:")  # noqa: SIM115 - closed below
     except (OSError, tarfile.TarError) as exc:
         raise InputError(f"cannot read the archive {archive}: {exc}",
                          reason="backup_unreadable") from None
+    try:
+        seen, manifest_bytes, signature_bytes = _read_members(tar, staging)
+    finally:
+        tar.close()
+    manifest = _parse_manifest(manifest_bytes)
+    _verify_signature(manifest, manifest_bytes or b"", signature_bytes, staging, seen,
+                      secrets, pkcs11_module)
+    listed: dict[str, str] = manifest["members"]
+    if set(listed) != set(seen):
+        missing, extra = sorted(set(listed) - set(seen)), sorted(set(seen) - set(listed))
+        raise _tampered(f"missing {missing[:5]}, unlisted {extra[:5]}")
+    for name, expected in sorted(listed.items()):
+        if seen[name] != expected:
+            raise _tampered(f"{name} has SHA-256 {seen[name][:16]}..., the manifest says "
+                            f"{expected[:16]}...")
+    return manifest
+
+
+def _read_members(tar: tarfile.TarFile, staging: Path,
+                  ) -> tuple[dict[str, str], bytes | None, bytes | None]:
+    """Extract every member but the manifest and its signature (returned as bytes)."""
     seen: dict[str, str] = {}
     manifest_bytes: bytes | None = None
+    signature_bytes: bytes | None = None
     try:
         for count, info in enumerate(tar):
             name = _check_member(info, count, seen)
@@ -452,22 +574,15 @@ def _extract_verified(archive: Path, staging: Path) -> dict[str, Any]:
                 if manifest_bytes is not None or info.size > MAX_MANIFEST_BYTES:
                     raise _tampered("a second or oversized manifest")
                 manifest_bytes = handle.read()
+            elif name == SIGNATURE:
+                if signature_bytes is not None or info.size > MAX_SIGNATURE_BYTES:
+                    raise _tampered("a second or oversized signature")
+                signature_bytes = handle.read()
             else:
                 seen[name] = _extract_one(handle, staging / name)
     except (OSError, tarfile.TarError) as exc:
         raise _tampered(f"damaged archive ({type(exc).__name__})") from None
-    finally:
-        tar.close()
-    manifest = _parse_manifest(manifest_bytes)
-    listed: dict[str, str] = manifest["members"]
-    if set(listed) != set(seen):
-        missing, extra = sorted(set(listed) - set(seen)), sorted(set(seen) - set(listed))
-        raise _tampered(f"missing {missing[:5]}, unlisted {extra[:5]}")
-    for name, expected in sorted(listed.items()):
-        if seen[name] != expected:
-            raise _tampered(f"{name} has SHA-256 {seen[name][:16]}..., the manifest says "
-                            f"{expected[:16]}...")
-    return manifest
+    return seen, manifest_bytes, signature_bytes
 
 
 def _check_member(info: tarfile.TarInfo, count: int, seen: dict[str, str]) -> str:
@@ -492,12 +607,81 @@ def _extract_one(handle: IO[bytes], out: Path) -> str:
     return digest.hexdigest()
 
 
+def _unverified(detail: str, reason: str = "backup_signature_invalid") -> TrustError:
+    return TrustError(f"the backup archive's signature does not hold: {detail}", reason=reason)
+
+
+def _signing_key_ref(signed_by: dict[str, Any], source: Path, staging: Path,
+                     seen: dict[str, str], pkcs11_module: str | None) -> str:
+    """The reference to open the signing key by, never one the archive alone could satisfy."""
+    ref = parse_key_ref(str(signed_by["key_ref"]))
+    if ref.kind is KeyRefKind.FILE and ref.path is not None:
+        try:
+            rel = Path(ref.path).relative_to(source).as_posix()
+        except ValueError:
+            raise _unverified("the signing key is not one of the archive's keys") from None
+        if not rel.startswith("keys/") or rel not in seen:
+            raise _unverified("the signing key is not one of the archive's keys")
+        return f"file:{staging / rel}"
+    if ref.kind is KeyRefKind.PKCS11:
+        if pkcs11_module is None or ref.module is None or \
+                Path(ref.module).absolute() != Path(pkcs11_module).absolute():
+            raise _unverified("the archive was signed by a PKCS#11 key: name your PKCS#11 "
+                              "module (IOTRUST_PKCS11_MODULE) to open it",
+                              reason="backup_unverifiable")
+        return str(signed_by["key_ref"])
+    raise _unverified("the signing key is neither an encrypted key file nor a PKCS#11 key")
+
+
+def _verify_signature(manifest: dict[str, Any], manifest_bytes: bytes,  # noqa: PLR0917 - private, one caller
+                      signature_bytes: bytes | None, staging: Path, seen: dict[str, str],
+                      secrets: domain.Secrets, pkcs11_module: str | None) -> None:
+    """The manifest must be signed by a domain key the operator's own secrets open."""
+    if signature_bytes is None:
+        raise _unverified("the archive carries no signature", reason="backup_unsigned")
+    try:
+        sig_doc = json.loads(signature_bytes)
+        ok = isinstance(sig_doc, dict) and sig_doc.get("format") == SIGNATURE_FORMAT \
+            and sig_doc.get("alg") == "ES256" and isinstance(sig_doc.get("signature"), str)
+        der = base64.b64decode(sig_doc["signature"], validate=True) if ok else b""
+    except (ValueError, UnicodeDecodeError):
+        ok, der = False, b""
+    if not ok or not der:
+        raise _unverified("the signature member is not an iotrust backup signature")
+    ref = _signing_key_ref(manifest["signed_by"], Path(manifest["source_data_dir"]), staging,
+                           seen, pkcs11_module)
+    try:
+        signer = secrets.open(ref)
+    except IotrustError as exc:
+        raise TrustError("cannot open the key that signed this backup with your passphrase or "
+                         "PIN: it is not your trust domain's key, or the secret is missing "
+                         "(IOTRUST_PASSPHRASE_FILE / IOTRUST_PKCS11_PIN)",
+                         reason="backup_unverifiable", detail=exc.message) from None
+    try:
+        key = signer.public_key
+    finally:
+        _close(signer)
+    if pki.spki_sha256(key) != manifest["signed_by"].get("spki_sha256"):
+        raise _unverified("the manifest names another signing key than the one it opens")
+    try:
+        key.verify(der, SIGNED_CONTEXT + manifest_bytes, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise _unverified("the manifest was altered after it was signed, or signed by "
+                          "another key") from None
+
+
 def _parse_manifest(data: bytes | None) -> dict[str, Any]:
     if data is None:
         raise _tampered("no manifest")
     try:
         doc = json.loads(data)
+        if isinstance(doc, dict) and doc.get("format") == UNSIGNED_FORMAT:
+            raise _unverified("it was made before backups were signed (format "
+                              f"{UNSIGNED_FORMAT}); make a new backup", reason="backup_unsigned")
         ok = (isinstance(doc, dict) and doc.get("format") == FORMAT
+              and isinstance(doc.get("signed_by"), dict)
+              and isinstance(doc["signed_by"].get("key_ref"), str)
+              and isinstance(doc["signed_by"].get("ca_id"), str)
               and doc.get("database") in ("sqlite", "postgresql")
               and isinstance(doc.get("members"), dict)
               and all(isinstance(k, str) and isinstance(v, str) and len(v) == 64  # noqa: PLR2004

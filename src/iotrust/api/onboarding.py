@@ -12,6 +12,13 @@ for the data folder, re-applies the broker's rules shortly after devices confirm
 device leaves the deny-all block of EXPECTED devices). Resyncs are coalesced: at most one per
 :data:`BROKER_RESYNC_S` however many devices confirm, since each is a broker reload. No session
 state lives here.
+
+On SQLite, each worker runs at most one onboarding call at a time (:class:`_Calls`): every call
+writes, SQLite writers take one database lock in turn (``BEGIN IMMEDIATE``), and Python runs one
+thread at a time anyway, so a second concurrent call per process could only wait on SQLite's busy
+timeout (which polls with sleeps of 1 to 100 ms, leaving the lock idle between holders) and add
+thread switches. Queued requests wait on the event loop instead, in arrival order. On PostgreSQL
+(row locks, network round trips that release the interpreter) calls share the default thread pool.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -67,6 +75,35 @@ async def _in_thread(fn: Callable[[], _T]) -> _T:
     return await anyio.to_thread.run_sync(fn)
 
 
+class _Calls:
+    """Runs the service's calls in worker threads, at most ``limit`` at once per event loop.
+
+    ``limit=None`` means the default thread pool's own bound. A limiter belongs to the event loop
+    it was made in (a test client may run the app on several loops in turn): one per loop.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                  anyio.CapacityLimiter] = (
+            weakref.WeakKeyDictionary())
+
+    @classmethod
+    def for_dialect(cls, dialect: str) -> _Calls:
+        """One call at a time per worker on SQLite (see the module doc), else the default."""
+        return cls(1 if dialect == "sqlite" else None)
+
+    async def run(self, fn: Callable[[], _T]) -> _T:
+        """``fn()`` in a worker thread, once a slot is free."""
+        if self.limit is None:
+            return await _in_thread(fn)
+        loop = asyncio.get_running_loop()
+        limiter = self._limiters.get(loop)
+        if limiter is None:
+            limiter = self._limiters[loop] = anyio.CapacityLimiter(self.limit)
+        return await anyio.to_thread.run_sync(fn, limiter=limiter)
+
+
 class _Resync:
     """A wake-up for the broker resync task, bound to the event loop the app runs in."""
 
@@ -78,32 +115,37 @@ class _Resync:
             self.event.set()
 
 
-def router(service: OnboardingService, resync: _Resync | None = None) -> APIRouter:
-    """The three onboarding routes over ``service``; ``resync`` is woken after each confirm."""
+def router(service: OnboardingService, resync: _Resync | None = None,
+           calls: _Calls | None = None) -> APIRouter:
+    """The three onboarding routes over ``service``; ``resync`` is woken after each confirm.
+
+    ``calls`` bounds how many service calls run at once (default: the thread pool's bound).
+    """
     resync = resync or _Resync()
+    calls = calls or _Calls(None)
     r = APIRouter(prefix="/v1/onboarding", tags=["onboarding"])
 
     @r.post("/hello", response_class=Response, responses=_REFUSALS)
     async def hello(request: Request) -> Response:
         """Step 1: serial, factory chain and device nonce → session, server nonce, voucher."""
         body = await _body(request, HelloRequest.MAX_BYTES)
-        reply = await _in_thread(functools.partial(service.hello, body,
-                                                   source=_source(request)))
+        reply = await calls.run(functools.partial(service.hello, body,
+                                                  source=_source(request)))
         return Response(reply.to_wire(), media_type=_JSON)
 
     @r.post("/attest", response_class=Response, responses=_REFUSALS)
     async def attest(request: Request) -> Response:
         """Step 2: CSR signed over the transcript by the factory key → operational credential."""
         body = await _body(request, AttestRequest.MAX_BYTES)
-        reply = await _in_thread(functools.partial(service.attest, body,
-                                                   source=_source(request)))
+        reply = await calls.run(functools.partial(service.attest, body,
+                                                  source=_source(request)))
         return Response(reply.to_wire(), media_type=_JSON)
 
     @r.post("/confirm", status_code=204, response_class=Response, responses=_REFUSALS)
     async def confirm(request: Request) -> Response:
         """Step 3: the new key signs the confirm transcript → the device is ACTIVE."""
         body = await _body(request, ConfirmRequest.MAX_BYTES)
-        await _in_thread(functools.partial(service.confirm, body, source=_source(request)))
+        await calls.run(functools.partial(service.confirm, body, source=_source(request)))
         resync.request()
         return Response(status_code=204)
 
@@ -133,11 +175,11 @@ def _resync_broker(state: AppState) -> None:
         broker.close()
 
 
-async def _sweep_forever(service: OnboardingService, interval_s: float) -> None:
+async def _sweep_forever(service: OnboardingService, calls: _Calls, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await _in_thread(service.expire_unconfirmed)
+            await calls.run(service.expire_unconfirmed)
         except IotrustError as exc:  # keep sweeping; the next round retries
             _log.warning("onboarding sweep failed: %s", exc.reason)
 
@@ -147,12 +189,13 @@ def install(app: FastAPI, state: AppState, *, sweep_interval_s: float = SWEEP_IN
     """Add the onboarding routes to ``app`` and sweep unconfirmed sessions while it runs."""
     service = OnboardingService(state.db, state.clock, state.settings, state.secrets)
     resync = _Resync()
-    app.include_router(router(service, resync))
+    calls = _Calls.for_dialect(state.db.dialect)
+    app.include_router(router(service, resync, calls))
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:  # noqa: ANN401 - Starlette's app type
-        tasks = [asyncio.create_task(_sweep_forever(service, sweep_interval_s)),
+        tasks = [asyncio.create_task(_sweep_forever(service, calls, sweep_interval_s)),
                  asyncio.create_task(_resync_broker_forever(state, resync))]
         try:
             async with inner(a) as value:

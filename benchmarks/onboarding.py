@@ -9,8 +9,8 @@ vouchers imported into a fresh trust domain); they are driven by the device-side
   outside that clock. The floor is the cryptography one onboarding cannot avoid, measured in the
   same run: four ECDSA P-256 verifications (factory certificate under its issuing CA, attest
   transcript, CSR proof of possession, confirm transcript) and one signature (the certificate).
-* ``onboarding_http``: a real ``iotrust serve --workers N`` subprocess, many simulated devices
-  on threads; devices per second end to end (no floor: the target is an absolute rate).
+* ``onboarding_http`` (:mod:`benchmarks.onboarding_http`) drives a real ``iotrust serve`` with
+  devices from :func:`prepare_fleet`.
 
 Both need ``iotrust.services.onboarding``; until it exists they are reported as skipped.
 """
@@ -21,19 +21,13 @@ import hashlib
 import importlib.util
 import os
 import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,7 +36,6 @@ from benchmarks import (
     ECDSA_SHA256,
     Config,
     Result,
-    Skipped,
     SoftKey,
     best,
     per_second,
@@ -73,20 +66,12 @@ if TYPE_CHECKING:
 FLOOR_VERIFICATIONS = 4
 FLOOR_SIGNATURES = 1
 TARGET_RATIO = 0.60
-TARGET_HTTP_RATE = 1_000.0
 
 
 def missing_service() -> str | None:
     """Why the in-process onboarding benchmark cannot run (``None`` if it can)."""
     if importlib.util.find_spec("iotrust.services.onboarding") is None:
         return "iotrust.services.onboarding does not exist yet"
-    return None
-
-
-def missing_http() -> str | None:
-    """Why the HTTP onboarding benchmark cannot run (``None`` if it can)."""
-    if importlib.util.find_spec("iotrust.api.onboarding") is None:
-        return "iotrust.api.onboarding (the HTTP routes) does not exist yet"
     return None
 
 
@@ -258,125 +243,8 @@ def _lean_onboarded(resp: proto.AttestResponse) -> proto.Onboarded:
                            confirm_by=resp.confirm_by)
 
 
-def _post(client: httpx.Client, path: str, body: bytes) -> bytes:
-    reply = client.post(path, content=body, headers={"content-type": "application/json"})
-    if reply.status_code >= 300:
-        raise RuntimeError(f"{path}: HTTP {reply.status_code} {reply.text[:200]}")
-    return reply.content
-
-
-def _onboard_over_http(client: httpx.Client, device: SimulatedDevice) -> None:
-    hello = proto.build_hello(serial=device.serial, factory_chain=device.factory_chain,
-                              random=os.urandom)
-    answer = _post(client, "/v1/onboarding/hello", hello.to_wire())
-    session = _lean_session(hello, proto.HelloResponse.from_wire(answer))
-    attest = proto.build_attest(session, factory_signer=device.factory_key,
-                                csr_der=device.csr_der)
-    answer = _post(client, "/v1/onboarding/attest", attest.to_wire())
-    onboarded = _lean_onboarded(proto.AttestResponse.from_wire(answer))
-    confirm = proto.build_confirm(session, onboarded, operational_signer=device.operational_key)
-    _post(client, "/v1/onboarding/confirm", confirm.to_wire())
-
-
-def _drive(base_url: str, devices: list[SimulatedDevice], threads: int) -> float:
-    """Onboard ``devices`` from ``threads`` threads (one keep-alive client each); seconds."""
-    pending = iter(devices)
-    lock = threading.Lock()
-    failures: list[BaseException] = []
-
-    def worker() -> None:
-        with httpx.Client(base_url=base_url, timeout=60.0) as client:
-            while True:
-                with lock:
-                    device = next(pending, None)
-                if device is None or failures:
-                    return
-                try:
-                    _onboard_over_http(client, device)
-                except Exception as exc:  # noqa: BLE001 - reported after the run
-                    failures.append(exc)
-                    return
-
-    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
-    start = time.perf_counter()
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - start
-    if failures:
-        raise RuntimeError(f"onboarding over HTTP failed: {failures[0]}") from failures[0]
-    return elapsed
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-@contextmanager
-def serve(data_dir: Path, workers: int) -> Iterator[str]:
-    """``iotrust serve --workers N`` on a free local port; yields its base URL."""
-    port = _free_port()
-    env = {**os.environ, "IOTRUST_DATA": str(data_dir),
-           "IOTRUST_PASSPHRASE": PASSPHRASE.decode()}
-    for name in ("IOTRUST_DATABASE_URL", "IOTRUST_PASSPHRASE_FILE"):
-        env.pop(name, None)
-    log = data_dir / "serve.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "iotrust.cli.main", "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", str(workers)],
-            env=env, stdout=sink, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"iotrust serve exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base_url}/v1/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"iotrust serve did not come up: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield base_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def bench_onboarding_http(config: Config) -> list[Result]:
-    """Devices onboarded per second against ``iotrust serve --workers N`` over HTTP."""
-    n = config.pick(1_000, 200)
-    threads = min(32, max(1, n))
-    with tempfile.TemporaryDirectory(prefix="iotrust-bench-") as tmp:
-        # Every simulated device connects from 127.0.0.1: the per-source limit is switched off
-        # (the per-serial limit stays on).
-        fleet = prepare_fleet(Path(tmp), n * config.rounds + threads,
-                              settings={"onboarding_rate_per_source": 0})
-        fleet.domain.db.close()
-        with serve(fleet.domain.settings.data_dir, config.http_workers) as base_url:
-            probe = httpx.post(f"{base_url}/v1/onboarding/hello", content=b"{}", timeout=10.0)
-            if probe.status_code in {404, 405}:
-                raise Skipped("the server has no /v1/onboarding routes")
-            _drive(base_url, fleet.devices[-threads:], threads)  # warm every worker
-            rates = []
-            for r in range(config.rounds):
-                batch = fleet.devices[r * n:(r + 1) * n]
-                rates.append(per_second(n, _drive(base_url, batch, threads)))
-    return [Result(
-        name="onboarding_http", rate=best(rates), n=n, target=TARGET_HTTP_RATE,
-        note=f"iotrust serve --workers {config.http_workers}, {threads} device threads in one "
-             f"process on the same machine ({os.cpu_count()} CPUs), plain HTTP, SQLite",
-        details={"rounds_per_s": rates, "workers": config.http_workers, "threads": threads,
-                 "what": "hello+attest+confirm over HTTP; the load generator skips the device's "
-                         "own voucher and chain checks (measured in the in-process line)"})]

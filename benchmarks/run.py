@@ -63,12 +63,12 @@ def _onboarding(config: Config) -> list[Result]:
 
 
 def _onboarding_http(config: Config) -> list[Result]:
-    from benchmarks import onboarding  # noqa: PLC0415
+    from benchmarks import onboarding, onboarding_http  # noqa: PLC0415
 
-    missing = onboarding.missing_service() or onboarding.missing_http()
+    missing = onboarding.missing_service() or onboarding_http.missing_http()
     if missing:
         raise Skipped(missing)
-    return onboarding.bench_onboarding_http(config)
+    return onboarding_http.bench_onboarding_http(config)
 
 
 def _rows(module: str) -> Callable[[Config], list[Result]]:

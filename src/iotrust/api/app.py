@@ -78,7 +78,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     @app.get("/v1/health", tags=["service"])
     def health() -> dict[str, str]:
         """Liveness: the process answers and the registry is reachable."""
-        with state.db.transaction() as tx:
+        with state.db.transaction(readonly=True) as tx:  # a probe never waits for the write lock
             tx.event_head()
         return {"status": "ok", "version": __version__}
 

@@ -23,11 +23,14 @@ Every refusal from step 2 on is a ``TrustError`` (HTTP 403 with its reason) and 
 for and the file. Accepted reads are not recorded (a poll makes a few every few minutes).
 
 Cost per read: one read-only transaction (credential and device by primary key) and one ECDSA
-verification. This module does not serve files (:mod:`iotrust.services.updates` does).
+verification (the credential's public key is cached by its certificate text, which never
+changes for a serial; its state is read afresh every time). This module does not serve files
+(:mod:`iotrust.services.updates` does).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -61,6 +64,15 @@ def _signer_records(db: Database, env: envelope.Envelope) -> tuple[Credential, D
     return cred, device
 
 
+@lru_cache(maxsize=4096)
+def _public_key(certificate_pem: str) -> ec.EllipticCurvePublicKey:
+    """A credential's key; cached by the certificate's text (a poll reads 2-4 files in a row)."""
+    key = pki.load_certificate(certificate_pem.encode()).public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise TrustError("unknown credential", reason="unknown_credential")
+    return key
+
+
 def _dead_reason(cred: Credential, device: Device, clock: Clock) -> str | None:
     now = clock.now()
     if device.state is DeviceState.RETIRED:
@@ -90,10 +102,7 @@ def authorize_director_read(db: Database, clock: Clock, *, device_id: str, name:
     verified = False
     try:
         cred, device = _signer_records(db, env)
-        key = pki.load_certificate(cred.certificate_pem.encode()).public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise TrustError("unknown credential", reason="unknown_credential")
-        envelope.verify_signature(env, key)
+        envelope.verify_signature(env, _public_key(cred.certificate_pem))
         verified = True
         dead = _dead_reason(cred, device, clock)
         if dead is not None:

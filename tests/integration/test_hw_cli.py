@@ -153,7 +153,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     run(["factory", "init", "--name", "widgetco", "--vendor-id", "0x1234", "--product-id",
          "sensor-1", "-f", str(factory)], env)
     run(["manufacturer", "add", "widgetco", "--anchor", str(factory / "root.crt.pem"),
-         "--allow", "0x1234:sensor-1"], env)
+         "--allow", "0x1234:sensor-1", "--allow", "0x1234:soil-1", "--allow", "0x1234:ctrl-3",
+         "--allow", "0x1234:ctrl-4"], env)
     return {"env": env, "db": base / "data" / "registry.db"}
 
 
@@ -172,13 +173,16 @@ def test_model_add_stores_profile_and_defaults(registry: dict[str, object]) -> N
     assert isinstance(env, dict)
     profile = EXAMPLES / "mcu-secure-element.yaml"
     out = json.loads(run(["model", "add", "sensor-s2", "--manufacturer", "widgetco",
-                          "--profile", str(profile), "--json"], env).stdout)
+                          "--profile", str(profile), "--product-id", "sensor-1", "--json"],
+                         env).stdout)
     assert out["model"] == "sensor-s2"
+    assert (out["product_id"], out["devices_assigned"]) == ("sensor-1", 0)
     assert out["credential_lifetime_days"] == 90
     assert out["sensitive_topics_allowed"] is True
     assert out["worst_verdict"] == "degraded"
     out = json.loads(run(["model", "add", "soil-s1", "--manufacturer", "widgetco", "--profile",
-                          str(EXAMPLES / "class1-mcu.yaml"), "--json"], env).stdout)
+                          str(EXAMPLES / "class1-mcu.yaml"), "--product-id", "soil-1", "--json"],
+                         env).stdout)
     assert out["credential_lifetime_days"] == 7
     assert out["sensitive_topics_allowed"] is False
 
@@ -192,8 +196,10 @@ def test_model_add_stores_profile_and_defaults(registry: dict[str, object]) -> N
 
     shown = json.loads(run(["model", "show", "soil-s1", "--json"], env).stdout)
     assert shown["sensitive_topics_allowed"] is False
+    assert shown["product_id"] == "soil-1"
     listed = json.loads(run(["model", "list", "--json"], env).stdout)
-    assert {m["name"] for m in listed} == {"sensor-s2", "soil-s1"}
+    assert {m["name"]: m["product_id"] for m in listed} == {"sensor-s2": "sensor-1",
+                                                             "soil-s1": "soil-1"}
     events = json.loads(run(["--json", "log", "tail", "-n", "5"], env).stdout)
     assert [e["kind"] for e in events].count("model.added") == 2
 
@@ -202,21 +208,35 @@ def test_model_add_refusals(registry: dict[str, object], tmp_path: Path) -> None
     env = registry["env"]
     assert isinstance(env, dict)
     profile = str(EXAMPLES / "mcu-trustzone.yaml")
-    run(["model", "add", "ctrl-c3", "--manufacturer", "widgetco", "--profile", profile], env)
-    dup = run(["model", "add", "ctrl-c3", "--manufacturer", "widgetco", "--profile", profile],
-              env, expect=67)
+    run(["model", "add", "ctrl-c3", "--manufacturer", "widgetco", "--profile", profile,
+         "--product-id", "ctrl-3"], env)
+    dup = run(["model", "add", "ctrl-c3", "--manufacturer", "widgetco", "--profile", profile,
+               "--product-id", "ctrl-4"], env, expect=67)
     assert "model_exists" in dup.stderr
-    unknown = run(["model", "add", "ctrl-c4", "--manufacturer", "nobody", "--profile", profile],
-                  env, expect=66)
+    same_product = run(["model", "add", "ctrl-c3b", "--manufacturer", "widgetco", "--profile",
+                        profile, "--product-id", "ctrl-3"], env, expect=67)
+    assert "model_product_exists" in same_product.stderr
+    assert "ctrl-c3" in same_product.stderr
+    not_allowed = run(["model", "add", "ctrl-c6", "--manufacturer", "widgetco", "--profile",
+                       profile, "--product-id", "ctrl-6"], env, expect=65)
+    assert "product_not_allowed" in not_allowed.stderr
+    bad_product = run(["model", "add", "ctrl-c7", "--manufacturer", "widgetco", "--profile",
+                       profile, "--product-id", "ctrl 7!"], env, expect=65)
+    assert "invalid_product_id" in bad_product.stderr
+    missing = run(["model", "add", "ctrl-c8", "--manufacturer", "widgetco", "--profile",
+                   profile], env, expect=2)  # --product-id is required
+    assert "--product-id" in missing.stderr
+    unknown = run(["model", "add", "ctrl-c4", "--manufacturer", "nobody", "--profile", profile,
+                   "--product-id", "ctrl-4"], env, expect=66)
     assert "unknown_manufacturer" in unknown.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text((EXAMPLES / "mcu-trustzone.yaml").read_text().replace("ram_kb: 640",
                                                                          "ram_kb: lots"))
     invalid = run(["model", "add", "ctrl-c5", "--manufacturer", "widgetco", "--profile",
-                   str(bad)], env, expect=65)
+                   str(bad), "--product-id", "ctrl-4"], env, expect=65)
     assert "$.ram_kb" in invalid.stderr
-    run(["model", "add", "Bad Name", "--manufacturer", "widgetco", "--profile", profile], env,
-        expect=65)
+    run(["model", "add", "Bad Name", "--manufacturer", "widgetco", "--profile", profile,
+         "--product-id", "ctrl-4"], env, expect=65)
     run(["model", "show", "ctrl-c9"], env, expect=66)
 
 

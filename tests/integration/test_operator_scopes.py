@@ -32,10 +32,12 @@ from iotrust.api.app import create_app
 from iotrust.cli.main import app as cli_app
 from iotrust.errors import AuthError, ConflictError, NotFoundError
 from iotrust.ports import FixedClock
+from iotrust.services import hardware as hw_svc
 from iotrust.services import tokens
 from iotrust.services.onboarding import OnboardingService
 
 READ, WRITE, ADMIN = "read", "write", "admin"
+PROFILE = Path(__file__).resolve().parents[2] / "examples" / "hardware" / "mcu-secure-element.yaml"
 
 #: Operator operations and the permission each needs.
 OPERATOR_OPERATIONS: dict[tuple[str, str], str] = {
@@ -44,6 +46,7 @@ OPERATOR_OPERATIONS: dict[tuple[str, str], str] = {
     ("POST", "/v1/devices/{device_id}/quarantine"): WRITE,
     ("POST", "/v1/devices/{device_id}/release"): WRITE,
     ("POST", "/v1/devices/{device_id}/retire"): WRITE,
+    ("PUT", "/v1/devices/{device_id}/model"): WRITE,
     ("GET", "/v1/manufacturers"): READ,
     ("POST", "/v1/manufacturers"): ADMIN,
     ("POST", "/v1/vouchers"): WRITE,
@@ -135,12 +138,17 @@ def test_every_operation_is_classified(api: tuple[FastAPI, dict[str, str]]) -> N
 
 
 def test_each_operator_operation_checks_the_token_and_role(
-        api: tuple[FastAPI, dict[str, str]]) -> None:
+        api: tuple[FastAPI, dict[str, str]], clock: FixedClock) -> None:
     app, secrets = api
     role_for = {READ: "auditor", WRITE: "operator", ADMIN: "admin"}
     problems: list[str] = []
-    with TestClient(app, raise_server_exceptions=False) as client:
+    # a source of its own, whose failed authentications (one wrong token per operation) age
+    # out of the per-source window before each operation: the number of operations never
+    # trips the limit, and the other tests' source keeps a clean count
+    with TestClient(app, raise_server_exceptions=False,
+                    client=("198.51.100.9", 4000)) as client:
         for (method, path), permission in sorted(OPERATOR_OPERATIONS.items()):
+            clock.advance(app.state.iotrust.auth_limits.window_s + 1)
             where = f"{method} {path}"
             if (code := _call(client, method, path, None)) != 401:
                 problems.append(f"{where} without a token: {code}")
@@ -251,12 +259,15 @@ def test_every_operator_write_records_its_actor(fleet: Fleet, clock: FixedClock,
     ids = {s: _device_id(db, s) for s in serials}
     a, b, c = ids[serials[0]], ids[serials[1]], ids[serials[2]]
     extra = fleet.factories["widgetco"]
+    hw_svc.register_model(db, clock, name="scope-model", manufacturer="widgetco",
+                          profile_yaml=PROFILE.read_bytes(), actor="tests@scopes")
     calls: list[tuple[str, str, Any]] = [
         ("POST", f"/v1/devices/{a}/quarantine", {"reason": "suspicious"}),
         ("POST", f"/v1/devices/{a}/release", None),
         ("POST", f"/v1/devices/{b}/retire", {"reason": "decommissioned"}),
         ("POST", "/v1/retirements", {"reason": "lost", "devices": [c]}),
         ("POST", "/v1/rotation/campaigns", {"all": True}),
+        ("PUT", f"/v1/devices/{a}/model", {"model": "scope-model"}),
         ("POST", "/v1/manufacturers", {
             "name": "othermaker", "anchors_pem": (extra.path / "root.crt.pem").read_text(),
             "allowed": ["0x9999:other-1"]}),
@@ -290,7 +301,8 @@ def _device_id(db: Database, serial: str) -> str:
 
 def test_every_cli_write_records_its_actor(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    fleet = build_fleet(tmp_path, makers=(Maker("gizmoco", count=3),))
+    fleet = build_fleet(tmp_path, makers=(Maker("gizmoco", count=3, allow=(
+        "0x1234:sensor-1", "0x1234:sensor-2")),))
     monkeypatch.setenv("USER", "carol")
     monkeypatch.setenv("IOTRUST_DATA", str(fleet.settings.data_dir))
     monkeypatch.setenv("IOTRUST_PASSPHRASE_FILE", str(fleet.passphrase_file))
@@ -311,6 +323,11 @@ def test_every_cli_write_records_its_actor(tmp_path: Path,
         # `iotrust release DEVICE` is shadowed by the firmware `release` group (reported)
         ["retire", ids[1], "--reason", "compromised"],
         ["crl", "publish"],
+        ["model", "add", "gizmo-s1", "--manufacturer", "gizmoco", "--profile", str(PROFILE),
+         "--product-id", "sensor-1"],
+        ["model", "add", "gizmo-s2", "--manufacturer", "gizmoco", "--profile", str(PROFILE),
+         "--product-id", "sensor-2"],
+        ["devices", "set-model", ids[2], "gizmo-s2"],
         ["manufacturer", "revoke", "gizmoco"],
     ]
     try:

@@ -1,4 +1,4 @@
-"""Operator endpoints: manufacturers, vouchers, devices, lifecycle actions, events.
+"""Operator endpoints: manufacturers, vouchers, devices, device models, lifecycle actions, events.
 
 Every route depends on a bearer token with the permission it names (``read`` for auditors,
 ``write`` for operators, ``admin`` for administrators). Handlers only translate between HTTP and
@@ -8,6 +8,7 @@ No ``from __future__ import annotations`` here: FastAPI evaluates the route clos
 annotations (``Reader``, ``Writer``) at runtime, and local names are only visible to it then.
 """
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
@@ -18,12 +19,17 @@ from pydantic import BaseModel, Field
 from iotrust.adapters.mqtt.mosquitto import MosquittoBroker
 from iotrust.core.lifecycle import Device, RetirementReason
 from iotrust.core.records import ApiToken
+from iotrust.errors import IotrustError
 from iotrust.services import broker as broker_svc
 from iotrust.services import devices, manufacturers
+from iotrust.services import hardware as hw_svc
 from iotrust.services import vouchers as voucher_svc
+from iotrust.services.policies import PolicyChange
 
 if TYPE_CHECKING:
     from iotrust.api.app import AppState
+
+_log = logging.getLogger(__name__)
 
 
 class DeviceOut(BaseModel):
@@ -37,6 +43,7 @@ class DeviceOut(BaseModel):
     owner: str
     vendor_id: str
     product_id: str
+    model: str | None
     factory_spki_sha256: str
     key_storage: str
     unsafe_admission: bool
@@ -49,7 +56,8 @@ class DeviceOut(BaseModel):
         return cls(id=d.id, manufacturer=d.manufacturer, serial=d.serial, state=d.state.value,
                    retired_reason=d.retired_reason.value if d.retired_reason else None,
                    owner=d.owner, vendor_id=d.vendor_id, product_id=d.product_id,
-                   factory_spki_sha256=d.factory_spki_sha256, key_storage=d.key_storage.value,
+                   model=d.model, factory_spki_sha256=d.factory_spki_sha256,
+                   key_storage=d.key_storage.value,
                    unsafe_admission=d.unsafe_admission, created_at=d.created_at.isoformat(),
                    updated_at=d.updated_at.isoformat())
 
@@ -82,6 +90,12 @@ class RetireIn(BaseModel):
     """Why a device is retired."""
 
     reason: RetirementReason
+
+
+class ModelIn(BaseModel):
+    """The device model to set on a device (a registered model of its manufacturer)."""
+
+    model: str = Field(min_length=1, max_length=64)
 
 
 class QuarantineIn(BaseModel):
@@ -162,6 +176,20 @@ def router(  # noqa: C901 - one closure per route, each trivial
             result = broker_svc.retire(state.db, state.settings, state.secrets, state.clock,
                                        device_id, broker=broker, reason=body.reason,
                                        actor=actor(token))
+        return DeviceOut.of(result.device)
+
+    @r.put("/devices/{device_id}/model")
+    def set_model(token: Writer, device_id: str, body: ModelIn) -> DeviceOut:
+        def resync(_change: PolicyChange) -> None:
+            try:
+                with _broker(state) as broker:
+                    if broker is not None:
+                        broker_svc.sync(state.db, broker)
+            except IotrustError as exc:  # stored; `iotrust broker sync` or the next change
+                _log.warning("broker resync after a model change failed: %s", exc.reason)
+
+        result = hw_svc.set_device_model(state.db, state.clock, device_id, body.model,
+                                         actor=actor(token), changed=resync)
         return DeviceOut.of(result.device)
 
     @r.get("/manufacturers")

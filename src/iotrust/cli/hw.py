@@ -1,8 +1,11 @@
-"""``iotrust hw`` (assess and validate hardware profiles) and ``iotrust model`` (device models).
+"""``iotrust hw`` (hardware profiles), ``iotrust model`` and ``iotrust devices set-model``.
 
-Parses arguments, calls :mod:`iotrust.services.hardware`, prints a table or JSON. Verdicts are
-reported, not turned into exit codes: ``hw assess`` exits 0 whatever the verdicts; an invalid
-profile exits 65, a missing file 66.
+``hw`` assesses and validates hardware profiles, ``model`` registers device models, and
+``devices set-model`` is installed on the devices command group by :func:`install`. Parses
+arguments, calls :mod:`iotrust.services.hardware`, prints a table or JSON. Verdicts are reported,
+not turned into exit codes: ``hw assess`` exits 0 whatever the verdicts; an invalid profile
+exits 65, a missing file 66. After ``set-model`` the embedded broker (if the data folder
+configures one) is resynchronised, since the model's policy now applies to the device.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from iotrust.adapters.files import write_atomic
-from iotrust.cli.common import STATE, emit, emit_object, errors, out
+from iotrust.cli.common import STATE, emit, emit_object, err, errors, out
 from iotrust.core import hardware as hw
-from iotrust.errors import InputError
+from iotrust.errors import InputError, IotrustError
 from iotrust.ports import SystemClock
+from iotrust.services import broker as broker_svc
 from iotrust.services import hardware as svc
+from iotrust.services.policies import PolicyChange
 
 app = typer.Typer(help="Hardware profiles: what trust a device model can sustain.",
                   no_args_is_help=True)
@@ -93,15 +98,26 @@ def model_add(
     name: str = typer.Argument(..., help="Model name (slug), e.g. sensor-s2."),
     manufacturer: str = typer.Option(..., "--manufacturer", help="A registered manufacturer."),
     profile: Path = typer.Option(..., "--profile", dir_okay=False, help="Hardware profile YAML."),
+    product_id: str = typer.Option(
+        ..., "--product-id", help="The product id this model's vouchers and factory "
+        "certificates carry (the PRODUCT of the manufacturer's allowed VENDOR:PRODUCT)."),
     json_out: bool = JsonOption,
 ) -> None:
-    """Register a device model; its credential lifetime and topic permissions follow from it."""
+    """Register a device model of one product; its devices get its defaults.
+
+    The credential lifetime and topic permissions follow from the profile. Devices of that
+    manufacturer and product get the model: the ones already imported now (unless an operator
+    set another model), new ones when their voucher is imported.
+    """
     STATE.json = STATE.json or json_out
     with errors():
         reg = svc.register_model(STATE.db(), CLOCK, name=name, manufacturer=manufacturer,
-                                 profile_yaml=svc.read_profile(profile), actor=STATE.actor())
+                                 product_id=product_id, profile_yaml=svc.read_profile(profile),
+                                 actor=STATE.actor())
         emit_object({"model": reg.model.name, "manufacturer": reg.model.manufacturer,
-                     **reg.defaults.as_dict(), "worst_verdict": reg.assessment.worst.value})
+                     "product_id": reg.model.product_id, **reg.defaults.as_dict(),
+                     "worst_verdict": reg.assessment.worst.value,
+                     "devices_assigned": reg.devices_assigned})
 
 
 @model_app.command("list")
@@ -115,10 +131,10 @@ def model_list(
         db = STATE.db()
         with db.transaction() as tx:
             rows = tx.list_models(manufacturer)
-        emit([{"name": m.name, "manufacturer": m.manufacturer,
+        emit([{"name": m.name, "manufacturer": m.manufacturer, "product_id": m.product_id,
                "credential_lifetime_days": m.credential_lifetime_s // 86_400,
                "profile": m.hardware_profile is not None} for m in rows],
-             ["name", "manufacturer", "credential_lifetime_days", "profile"])
+             ["name", "manufacturer", "product_id", "credential_lifetime_days", "profile"])
 
 
 @model_app.command("show")
@@ -131,4 +147,46 @@ def model_show(name: str, json_out: bool = JsonOption) -> None:
             m = tx.get_model(name)
         d = svc.defaults_of(m, now_year=CLOCK.now().year)
         emit_object({"model": m.name, "manufacturer": m.manufacturer,
-                     "created_at": m.created_at.isoformat(), **d.as_dict()})
+                     "product_id": m.product_id, "created_at": m.created_at.isoformat(),
+                     **d.as_dict()})
+
+
+def _resync_broker(_change: PolicyChange) -> None:
+    """Regenerate the embedded broker's rules, if the data folder configures a broker."""
+    try:
+        broker = broker_svc.open_broker(STATE.settings, CLOCK)
+        if broker is None:
+            return
+        try:
+            broker_svc.sync(STATE.db(), broker)
+        finally:
+            broker.close()
+    except IotrustError as exc:
+        err.print(f"[yellow]warning:[/] the model is stored but the broker was not updated "
+                  f"({escape(exc.diagnostics())}); it applies when the broker is next "
+                  "configured or started", highlight=False)
+
+
+def set_model_cmd(
+    device_id: str = typer.Argument(..., help="Device id."),
+    model: str = typer.Argument(..., help="A registered model of the device's manufacturer."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Set a device's model explicitly (when its product id does not say which it is).
+
+    The model must be of the device's manufacturer; a retired device is refused. Its policy
+    applies at once, its credential lifetime from the device's next credential.
+    """
+    STATE.json = STATE.json or json_out
+    with errors():
+        result = svc.set_device_model(STATE.db(), CLOCK, device_id, model, actor=STATE.actor(),
+                                      changed=_resync_broker)
+        d = result.device
+        emit_object({"id": d.id, "model": d.model, "previous_model": result.previous,
+                     "changed": result.changed, "product_id": d.product_id,
+                     "state": d.state.value})
+
+
+def install(devices_app: typer.Typer) -> None:
+    """Add ``set-model`` to the ``iotrust devices`` command group."""
+    devices_app.command("set-model")(set_model_cmd)

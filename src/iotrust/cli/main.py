@@ -66,6 +66,7 @@ for sub, name in ((manufacturer_app, "manufacturer"), (voucher_app, "voucher"),
 
 CLOCK = SystemClock()
 lifecycle_cli.install(app, devices_app)
+hw_cli.install(devices_app)
 backup_cli.install(app)
 
 
@@ -323,8 +324,10 @@ def devices_list(
         emit([{"id": d.id, "manufacturer": d.manufacturer, "serial": d.serial,
                "state": d.state.value, "retired_reason": d.retired_reason,
                "owner": d.owner, "factory_spki_sha256": d.factory_spki_sha256,
+               "product_id": d.product_id, "model": d.model,
+               "key_storage": d.key_storage.value,
                "updated_at": d.updated_at.isoformat()} for d in rows],
-             ["id", "manufacturer", "serial", "state", "updated_at"])
+             ["id", "manufacturer", "serial", "state", "model", "updated_at"])
 
 
 @devices_app.command("show")
@@ -337,6 +340,7 @@ def devices_show(device_id: str) -> None:
             "id": d.id, "manufacturer": d.manufacturer, "serial": d.serial,
             "state": d.state.value, "retired_reason": d.retired_reason, "owner": d.owner,
             "factory_spki_sha256": d.factory_spki_sha256, "key_storage": d.key_storage.value,
+            "vendor_id": d.vendor_id, "product_id": d.product_id, "model": d.model,
             "unsafe_admission": d.unsafe_admission,
             "credentials": [{"serial": c.serial_number, "state": c.state.value,
                              "not_after": c.not_after.isoformat()} for c in det.credentials],

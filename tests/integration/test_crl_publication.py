@@ -80,13 +80,13 @@ def test_only_the_changed_ca_is_resigned_and_covered_requests_sign_nothing(
         assert (crl_dir / f"{old_ca}.crl.pem").read_bytes() == old_file  # reused as it was
         assert _serials(db, new_dev.name) <= _listed(crl_dir)
 
-        # asking again for what is already listed signs nothing
+        # asking again with no publication since: re-signed (checking would be wasted work)
         revoked = crl_publication.revoked_of_devices(db, clock, [new_dev.name])
         assert revoked == {new_ca: _serials(db, new_dev.name)}
         again = crl_publication.publish_and_install(db, fleet.settings, fleet.secrets, clock,
                                                     None, actor=ACTOR, revoked=revoked)
-        assert again.coalesced
-        assert _crl_numbers(crl_dir, [old_ca, new_ca]) == after
+        assert again.resigned == (new_ca,)
+        after = _crl_numbers(crl_dir, [old_ca, new_ca])
 
         # a device of the old CA: that CA only
         broker_svc.retire(db, fleet.settings, fleet.secrets, clock, old_dev.name, broker=None,
@@ -107,6 +107,50 @@ def test_only_the_changed_ca_is_resigned_and_covered_requests_sign_nothing(
         assert not broker_svc.ensure_published_crls(db, fleet.settings, fleet.secrets, clock)
     finally:
         db.close()
+
+
+def test_a_request_covered_while_it_waited_signs_nothing(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = MovableClock()
+    fleet = build_fleet(tmp_path, makers=(), clock=clock)
+    db = fleet.open_db()
+    try:
+        dev = add_active_devices(fleet, db, clock, 1, tmp_path / "clients")[0]
+        devices.retire(db, clock, dev.name, RetirementReason.LOST, actor=ACTOR)
+        revoked = crl_publication.revoked_of_devices(db, clock, [dev.name])
+        (ca_id,) = revoked
+        waiting = threading.Event()
+        real_lock = credentials.crl_lock
+
+        def announced_lock(settings: object) -> object:
+            waiting.set()  # the request read the published bundle's identity, now it waits
+            return real_lock(settings)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(crl_publication, "crl_lock", announced_lock)
+        out: list[crl_publication.Publication] = []
+        with real_lock(fleet.settings):
+            worker = threading.Thread(target=lambda: out.append(
+                crl_publication.publish_and_install(db, fleet.settings, fleet.secrets, clock,
+                                                    None, actor=ACTOR, revoked=revoked)))
+            worker.start()
+            assert waiting.wait(30)
+            # another publication finishes meanwhile (it read the registry after the commit)
+            numbers_before = _crl_numbers(fleet.settings.crl_dir, [ca_id])
+            crl_publication._resign(db, fleet.settings, fleet.secrets, clock,
+                                    cas=_live_cas(db), wanted=None, actor=ACTOR)
+        worker.join(30)
+        assert out
+        assert out[0].coalesced
+        assert _crl_numbers(fleet.settings.crl_dir, [ca_id]) == {
+            ca_id: numbers_before[ca_id] + 1}  # one signature for both
+        assert _serials(db, dev.name) <= _listed(fleet.settings.crl_dir)
+    finally:
+        db.close()
+
+
+def _live_cas(db: object) -> list[object]:
+    with db.transaction(readonly=True) as tx:  # type: ignore[attr-defined]
+        return [ca for ca in tx.list_cas(role="issuing") if ca.state != "retired"]
 
 
 @pytest.mark.mqtt

@@ -25,6 +25,7 @@ is revoked (the registry does) and does not run the broker.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,6 +54,7 @@ __all__ = ["REFRESH_THRESHOLD", "Publication", "crl_lock", "publish_and_install"
 #: A published CRL with less than this left is re-signed whenever its bundle is rewritten.
 REFRESH_THRESHOLD: Final = timedelta(days=3)
 BUNDLE: Final = "all.crl.pem"
+_PEM_CRL: Final = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,20 +87,34 @@ def revoked_of_devices(db: Database, clock: Clock,
     return out
 
 
-def _crls_by_issuer(pem: bytes | None) -> dict[x509.Name, x509.CertificateRevocationList]:
-    if not pem:
-        return {}
-    from iotrust.adapters.mqtt.mosquitto import split_crls  # noqa: PLC0415 - a parse helper
+def _own_crls(pem: bytes | None) -> dict[x509.Name, x509.CertificateRevocationList]:
+    """Our own published CRLs by issuer, parsed lazily.
 
-    try:
-        return {crl.issuer: crl for crl in split_crls(pem)}
-    except IotrustError:
-        return {}
+    No per-entry parse: we wrote them after verifying them. Anything unreadable gives an empty
+    result (and so a re-signing).
+    """
+    out: dict[x509.Name, x509.CertificateRevocationList] = {}
+    for block in _PEM_CRL.findall(pem or b""):
+        try:
+            crl = x509.load_pem_x509_crl(block)
+            out[crl.issuer] = crl
+        except ValueError:
+            return {}
+    return out
 
 
 def _lists(crl: x509.CertificateRevocationList | None, serials: Collection[str]) -> bool:
     return crl is not None and all(
         crl.get_revoked_certificate_by_serial_number(int(s, 16)) is not None for s in serials)
+
+
+def _token(settings: Settings) -> tuple[int, int, int] | None:
+    """Identifies the published bundle (atomic replaces change the inode)."""
+    try:
+        st = (settings.crl_dir / BUNDLE).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _read(path: Path) -> bytes | None:
@@ -113,29 +129,24 @@ def _reusable(pem: bytes | None, ca_cert: x509.Certificate, now: datetime) -> bo
     if not pem:
         return False
     try:
-        crl = pki.load_crl(pem)
+        crl = x509.load_pem_x509_crl(pem)  # ours; the signature check below covers it all
         pki.check_crl(crl, ca_cert, now)
-    except IotrustError:
+    except (ValueError, IotrustError):
         return False
     next_update = crl.next_update_utc
     return next_update is not None and next_update - now > REFRESH_THRESHOLD
 
 
-def _covered(settings: Settings, broker: Any, cas: list[CertificateAuthority],  # noqa: ANN401
-             revoked: Mapping[str, Collection[str]]) -> bool:
-    """Whether the CRL in force already lists every serial of ``revoked``."""
-    in_force = _read(settings.crl_dir / BUNDLE)
-    if broker is not None:
-        installed = _read(broker.layout.crl)
-        if installed != in_force:
-            return False  # the published bundle was never installed: install (and maybe sign)
-    by_issuer = _crls_by_issuer(in_force)
+def _lists_all(pem: bytes | None, cas: list[CertificateAuthority],
+               revoked: Mapping[str, Collection[str]]) -> bool:
+    """Whether the bundle ``pem`` lists every serial of ``revoked`` (live CAs only)."""
+    if not pem:
+        return False
+    by_issuer = _own_crls(pem)
     subjects = {ca.id: pki.load_certificate(ca.certificate_pem.encode()).subject for ca in cas}
     for ca_id, serials in revoked.items():
-        if not serials:
-            continue
         subject = subjects.get(ca_id)
-        if subject is None:
+        if subject is None or not serials:
             continue  # a retired CA: nothing of it is trusted any more
         if not _lists(by_issuer.get(subject), serials):
             return False
@@ -175,6 +186,26 @@ def _resign(db: Database, settings: Settings, secrets: Secrets, clock: Clock, *,
     return tuple(fresh)
 
 
+def _plan(settings: Settings, broker: Any, cas: list[CertificateAuthority],  # noqa: ANN401
+          revoked: Mapping[str, Collection[str]], seen: tuple[int, int, int] | None,
+          ) -> set[str] | None:
+    """The CAs to re-sign for ``revoked``, or ``None`` when the CRL in force lists them all.
+
+    ``seen`` identified the published bundle right after the caller's commit: if it is still
+    the same file, no publication finished since, and parsing it would be wasted work.
+    """
+    wanted = {ca for ca, serials in revoked.items() if serials}
+    published = _read(settings.crl_dir / BUNDLE)
+    installed = published if broker is None else _read(broker.layout.crl)
+    if installed != published:
+        # published but never installed (a crash in between): install it, re-signing only if
+        # it misses a serial
+        return set() if _lists_all(published, cas, revoked) else wanted
+    if _token(settings) != seen and _lists_all(published, cas, revoked):
+        return None
+    return wanted
+
+
 def publish_and_install(db: Database, settings: Settings, secrets: Secrets, clock: Clock,
                         broker: Any, *, actor: str,  # noqa: ANN401 - a BrokerControl or None
                         revoked: Mapping[str, Collection[str]] | None = None,
@@ -189,19 +220,18 @@ def publish_and_install(db: Database, settings: Settings, secrets: Secrets, cloc
     """
     if revoked is not None and not any(revoked.values()):
         return Publication((), installed=False)
+    seen = _token(settings)  # after the caller's commit
     lock = broker.exclusive() if broker is not None else contextlib.nullcontext()
     with lock, crl_lock(settings):
         with db.transaction(readonly=True) as tx:
             cas = [ca for ca in tx.list_cas(role="issuing") if ca.state != "retired"]
-        if revoked is not None and _covered(settings, broker, cas, revoked):
-            if on_published is not None:
-                on_published()
-            return Publication((), installed=False)  # an earlier publication covered it
         wanted: set[str] | None = None
         if revoked is not None:
-            # published but never installed (a crash in between): install, re-sign nothing new
-            wanted = (set() if _covered(settings, None, cas, revoked)
-                      else {ca for ca, serials in revoked.items() if serials})
+            wanted = _plan(settings, broker, cas, revoked, seen)
+            if wanted is None:  # a publication that finished while this one waited lists them
+                if on_published is not None:
+                    on_published()
+                return Publication((), installed=False)
         resigned = _resign(db, settings, secrets, clock, cas=cas, wanted=wanted, actor=actor)
         if on_published is not None:
             on_published()

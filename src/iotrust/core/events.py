@@ -22,6 +22,7 @@ stores rows field by field) and reads no clock (``at`` is an argument).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -128,6 +129,7 @@ _CAMEL: Final = re.compile(r"([a-z0-9])([A-Z])")
 _WORD_SPLIT: Final = re.compile(r"[^a-z0-9]+")
 
 
+@functools.lru_cache(maxsize=1024)  # pure; event data keys are mostly a few constants
 def _secret_like(key: str) -> bool:
     lowered = key.lower()
     if any(word in lowered for word in _SECRET_WORDS):

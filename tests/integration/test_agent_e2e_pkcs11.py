@@ -1,40 +1,45 @@
 """End to end with keys on a token: the real agent process (PKCS#11, SoftHSM2) and real server.
 
-The manufacturer mints two devices whose factory keys are generated on the token; their vouchers
-are imported; ``iotrust serve`` runs as a subprocess and ``iotrust-agent onboard`` as another one,
-with the device folder, the token configuration and the PIN in its environment. The agent states
-``key_storage: pkcs11`` in its hello. The registry records ``pkcs11`` for the device whose model
-has a hardware profile that can hold such keys (TPM 2.0), and ``unknown`` for the one without a
-model: a claim nothing backs never raises trust. Both are in the ``device.onboarded`` event with
-the claim itself.
+The manufacturer mints two devices whose factory keys are generated on the token, one of a TPM
+gateway product and one of a product no model is registered for. The operator registers the TPM
+gateway model for its product id (``iotrust model add --product-id``), then imports the vouchers:
+the import gives the gateway its model, the real path an operator takes (nothing writes the
+registry directly). ``iotrust serve`` runs as a subprocess and ``iotrust-agent onboard`` as
+another one, with the device folder, the token configuration and the PIN in its environment. The
+agent states ``key_storage: pkcs11`` in its hello. The registry records ``pkcs11`` for the device
+whose model has a hardware profile that can hold such keys (TPM 2.0), and ``unknown`` for the one
+without a model: a claim nothing backs never raises trust. Both are in the ``device.onboarded``
+event with the claim itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.fleet import ACTOR, FACTORY_PASSPHRASE, OWNER, Fleet, Maker, build_fleet
+from tests.integration.fleet import FACTORY_PASSPHRASE, OWNER, Fleet, Maker, build_fleet
 from tests.integration.server import Server, running_server
 from tests.integration.softhsm import SoftHsmToken, softhsm_token
 from tests.integration.test_agent_e2e import AGENT, device_record, devices_by_serial
+from typer.testing import CliRunner
 
+from iotrust.cli.main import app as cli_app
 from iotrust.core import events as ev
-from iotrust.core.lifecycle import DeviceState
 from iotrust.ports import SystemClock
 from iotrust.services import factory
-from iotrust.services import hardware as hw_svc
-from iotrust.services import vouchers as voucher_svc
 
 pytestmark = pytest.mark.hsm
 
 MAKER = "tokenco"
 MODEL = "tpm-gateway"
+GATEWAY_PRODUCT = "tpm-gw-1"  # the product the model is registered for
+OTHER_PRODUCT = "sensor-1"  # the fleet maker's default product: no model
 PROFILE = Path(__file__).resolve().parents[2] / "examples" / "hardware" / "linux-gateway-tpm.yaml"
 
 
@@ -50,31 +55,38 @@ class TokenFleet:
 def world(tmp_path_factory: pytest.TempPathFactory) -> TokenFleet:
     token = softhsm_token()
     clock = SystemClock()
-    fleet = build_fleet(tmp_path_factory.mktemp("agent-e2e-hsm"),
-                        makers=(Maker(MAKER, count=1),))
+    fleet = build_fleet(tmp_path_factory.mktemp("agent-e2e-hsm"), makers=(Maker(
+        MAKER, count=1, allow=(f"0x1234:{GATEWAY_PRODUCT}", f"0x1234:{OTHER_PRODUCT}")),))
     fac = fleet.factories[MAKER]
     keystore = factory.DeviceKeyStore(kind="pkcs11", module=token.module, token=token.label,
                                       pin=token.pin)
-    minted = factory.mint(fac, clock, 2, passphrase=FACTORY_PASSPHRASE, keystore=keystore,
-                          prefix=f"P{secrets.token_hex(3).upper()}")
+    prefix = f"P{secrets.token_hex(3).upper()}"
+    minted = [*factory.mint(fac, clock, 1, passphrase=FACTORY_PASSPHRASE, keystore=keystore,
+                            prefix=prefix, product_id=GATEWAY_PRODUCT),
+              *factory.mint(fac, clock, 1, passphrase=FACTORY_PASSPHRASE, keystore=keystore,
+                            prefix=prefix, product_id=OTHER_PRODUCT)]
     assert all(m.key_ref.startswith("pkcs11:") for m in minted)
-    signed = factory.write_vouchers(fac, clock, [m.folder for m in minted], owner=OWNER,
-                                    owner_root_pem=fleet.root_pem.read_bytes(),
-                                    passphrase=FACTORY_PASSPHRASE)
-    db = fleet.open_db()
-    try:
-        report = voucher_svc.import_vouchers(db, clock, signed, actor=ACTOR)
-        assert not report.refused
-        hw_svc.register_model(db, clock, name=MODEL, manufacturer=MAKER,
-                              profile_yaml=PROFILE.read_bytes(), actor=ACTOR)
-        with db.transaction() as tx:  # the operator's record of what hardware this device is
-            found = tx.find_device(MAKER, minted[0].serial)
-            assert found is not None
-            tx.update_device(dataclasses.replace(found, model=MODEL),
-                             expected_state=DeviceState.EXPECTED)
-    finally:
-        db.close()
+    vouchers = tmp_path_factory.mktemp("vouchers") / "vouchers.jsonl"
+    vouchers.write_bytes(b"\n".join(factory.write_vouchers(
+        fac, clock, [m.folder for m in minted], owner=OWNER,
+        owner_root_pem=fleet.root_pem.read_bytes(), passphrase=FACTORY_PASSPHRASE)) + b"\n")
+    _iotrust(fleet, "model", "add", MODEL, "--manufacturer", MAKER, "--profile", str(PROFILE),
+             "--product-id", GATEWAY_PRODUCT)
+    _iotrust(fleet, "voucher", "import", str(vouchers))
+    models = {d["serial"]: d["model"] for d in json.loads(
+        _iotrust(fleet, "devices", "list", "--manufacturer", MAKER))}
+    assert (models[minted[0].serial], models[minted[1].serial]) == (MODEL, None)
     return TokenFleet(fleet, token, minted[0].folder, minted[1].folder)
+
+
+def _iotrust(fleet: Fleet, *args: str) -> str:
+    """Run an operator command on the fleet's data folder; its JSON output."""
+    env = {k: v for k, v in fleet.server_env().items() if k.startswith("IOTRUST_")}
+    result = CliRunner().invoke(cli_app, ["--json", *args],
+                                env={**env, "IOTRUST_PASSPHRASE": None,
+                                     "USER": os.environ.get("USER", "tests")})
+    assert result.exit_code == 0, (args, result.output)
+    return result.output
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ Four onboarded devices poll the in-process app with their update clients (signed
 for another file, too old, under a key that is not the credential's, or by a retired device are
 refused with their reason; refusals after a verified signature are ``update.director_read_refused``
 events, a retired device's read is also a zombie contact, and a quarantined device still reads
-(updates are its remediation channel).
+(updates are its remediation channel). An agent refused this way reports ``director_refused``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.integration.update_fleet import UpdateDevice, UpdateFleet, build_update_fleet
+from tests.integration.update_fleet import (
+    BASE,
+    AppTransport,
+    UpdateDevice,
+    UpdateFleet,
+    build_update_fleet,
+)
 
+from iotrust.agent.updates import UpdateClient
 from iotrust.core import signed_reads
 from iotrust.core.lifecycle import RetirementReason
 from iotrust.core.updates import ReleaseInfo
@@ -159,4 +166,17 @@ def test_a_retired_device_reading_its_director_metadata_is_a_zombie(uf: UpdateFl
     found = {z.identity: z for z in zombies.list_zombies(uf.db)}[device.device_id]
     assert found.channels.get("update") == 1
     outcomes = device.client.poll()  # the agent sees a refusal, and keeps its current image
-    assert [(o.status, o.reason) for o in outcomes] == [("rejected", "download_failed")]
+    assert [(o.status, o.reason) for o in outcomes] == [("rejected", "director_refused")]
+
+
+def test_an_agent_whose_clock_is_off_is_refused_and_says_so(uf: UpdateFleet) -> None:
+    device = uf.devices[1]
+    skewed = UpdateClient(device.client.base.parent, device_id=device.device_id,
+                          server_url=BASE, signer=device.key, kid=device.kid,
+                          transport=AppTransport(uf.app_client), fetcher=device.fetcher,
+                          now_ms=lambda: int(time.time() * 1000) - 3_600_000)
+    outcomes = skewed.poll()
+    assert [(o.status, o.reason) for o in outcomes] == [("rejected", "director_refused")]
+    assert _refusals(uf)[-1]["reason"] == "request_stale"
+    assert _refusals(uf)[-1]["device_id"] == device.device_id
+    assert skewed.slots.image("main") is None  # nothing installed on a refused read

@@ -364,8 +364,10 @@ class UpdateClient:
         except tuf_errors.DownloadHTTPError as exc:
             if exc.status_code == 404:  # noqa: PLR2004 - the director has nothing for us yet
                 return []
-            self._report(state, "-", "rejected", "download_failed")
-            return [Outcome("director", "rejected", "download_failed")]
+            # 403: the server refused this device's signed read (its clock, its credential)
+            reason = "director_refused" if exc.status_code == 403 else "download_failed"  # noqa: PLR2004
+            self._report(state, "-", "rejected", reason)
+            return [Outcome("director", "rejected", reason)]
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
             reason = _reason(exc)
             self._report(state, "-", "rejected", reason)

@@ -506,6 +506,34 @@ def test_csr_key_seen_before_is_a_clone(svc: OnboardingService, db: Database, cl
 
 # --- confirm and the deadline ----------------------------------------------------------------
 
+def test_confirm_reads_session_certificate_and_device_at_once(
+        svc: OnboardingService, db: Database, clock: FixedClock,
+        fresh: Callable[[str], FleetDevice]) -> None:
+    dev = fresh("widgetco")
+    device_id = device_id_of(db, dev)
+    _, _, session = hello(svc, dev, clock)
+    sid = session.session_id.hex()
+    with db.transaction(readonly=True) as tx:
+        assert tx.get_session_for_confirm("0" * 32) is None
+        found = tx.get_session_for_confirm(sid)
+        assert found is not None
+        opened, binding, pem, device = found
+        assert (opened, binding) == tx.get_session_and_binding(sid)
+        assert pem is None  # nothing issued yet
+        assert device == tx.get_device(device_id)
+    _, onboarded = attest(svc, dev, session, clock)
+    with db.transaction(readonly=True) as tx:
+        found = tx.get_session_for_confirm(sid)
+        assert found is not None
+        attested, binding, pem, device = found
+        assert (attested, binding) == tx.get_session_and_binding(sid)
+        assert attested.credential_serial is not None
+        assert pem == tx.get_credential(attested.credential_serial).certificate_pem
+        assert pem is not None
+        assert pki.load_certificate(pem.encode()) == onboarded.certificate
+        assert device == tx.get_device(device_id)
+
+
 def test_confirm_with_a_bad_signature_revokes(svc: OnboardingService, db: Database,
                                               clock: FixedClock, fleet: Fleet,
                                               fresh: Callable[[str], FleetDevice]) -> None:

@@ -505,7 +505,10 @@ class OnboardingService:
         sid = session_record_id(req.session_id)
         now = self._clock.now()
         with self._db.transaction() as tx:
-            session, binding = _session_and_binding(tx, sid)
+            # one read: the session, its binding, its credential's certificate and its device
+            found = tx.get_session_for_confirm(sid)
+            session, binding, certificate_pem, stored_device = (
+                found if found is not None else (None, None, None, None))
             if session is not None and session.device_id == req.device_id:
                 seen.device_id = session.device_id
                 seen.serial = session.serial
@@ -513,9 +516,9 @@ class OnboardingService:
                 seen.attested = session.state is SessionState.ATTESTED
             confirm_by = binding.confirm_by if binding is not None else None
             certificate = None
-            if session is not None and session.credential_serial is not None:
-                cred = tx.get_credential(session.credential_serial)
-                certificate = pki.load_certificate(cred.certificate_pem.encode())
+            if session is not None and session.credential_serial is not None \
+                    and certificate_pem is not None:
+                certificate = pki.load_certificate(certificate_pem.encode())
             if session is not None and session.state is SessionState.ATTESTED and (
                     certificate is None or confirm_by is None):
                 # attested but nothing was issued (the attest failed after spending the nonce)
@@ -532,7 +535,9 @@ class OnboardingService:
                           certificate=certificate, confirmed_ok=confirmed)
             if session is None or session.credential_serial is None:
                 raise RuntimeError("check_confirm accepted a session without a credential")
-            device = tx.get_device(session.device_id)
+            # read before the conditional updates: update_device below is conditional on the
+            # state read here, so a concurrent change refuses instead of being overwritten
+            device = stored_device or tx.get_device(session.device_id)
             if device.state is DeviceState.RETIRED:
                 raise refuse(r.RETIRED, "this device is retired")
             try:

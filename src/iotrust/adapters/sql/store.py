@@ -256,7 +256,7 @@ _FIND_DEVICE_BY_KEY: Final = select(*_DEVICE_COLUMNS).where(
 _INSERT_DEVICE: Final = insert(s.devices)
 
 
-def _device(row: Row[Any]) -> Device:
+def _device(row: Sequence[Any]) -> Device:  # a Row, or a slice of a wider one
     (id_, manufacturer, serial, spki, vendor, product, owner, state, created, updated, model,
      retired, storage, unsafe) = row
     return Device(
@@ -404,6 +404,16 @@ _GET_CREDENTIAL: Final = select(s.credentials).where(
     s.credentials.c.serial_number == bindparam("serial"))
 _GET_SESSION: Final = select(s.onboarding_sessions).where(
     s.onboarding_sessions.c.id == bindparam("id"))
+# confirm's one read: the device's columns first (positional for _device), then the session's
+# credential certificate, then the session row (read by name; the device columns are labelled).
+_SESSION_FOR_CONFIRM: Final = (
+    select(*(c.label(f"device_{c.name}") for c in _DEVICE_COLUMNS),
+           s.credentials.c.certificate_pem.label("credential_pem"), s.onboarding_sessions)
+    .select_from(s.onboarding_sessions
+                 .outerjoin(s.credentials, s.credentials.c.serial_number
+                            == s.onboarding_sessions.c.credential_serial)
+                 .outerjoin(s.devices, s.devices.c.id == s.onboarding_sessions.c.device_id))
+    .where(s.onboarding_sessions.c.id == bindparam("id")))
 _SESSION_BINDING: Final = select(
     s.onboarding_sessions.c.factory_spki, s.onboarding_sessions.c.voucher_sha256,
     s.onboarding_sessions.c.confirm_by, s.onboarding_sessions.c.key_storage,
@@ -1471,6 +1481,25 @@ class Tx:
                                              confirm_by=row.confirm_by,
                                              key_storage=row.key_storage)
 
+    def get_session_for_confirm(
+            self, session_id: str,
+    ) -> tuple[OnboardingSession, SessionBinding, str | None, Device | None] | None:
+        """:meth:`get_session_and_binding`, its credential's PEM certificate and its device.
+
+        One read (the onboarding confirm's); the last two are ``None`` when absent.
+        """
+        row = self._exec(_SESSION_FOR_CONFIRM, {"id": session_id}).first()
+        if row is None:
+            return None
+        width = len(_DEVICE_COLUMNS)
+        device = _device(row[:width]) if row[0] is not None else None
+        spki = bytes(row.factory_spki) if row.factory_spki is not None else None
+        return (_session(row), SessionBinding(factory_spki=spki,
+                                              voucher_sha256=row.voucher_sha256,
+                                              confirm_by=row.confirm_by,
+                                              key_storage=row.key_storage),
+                row.credential_pem, device)
+
     def session_binding(self, session_id: str) -> SessionBinding | None:
         """What the hello bound a session to and its deadline (``None``: no such session)."""
         row = self._exec(_SESSION_BINDING, {"id": session_id}).first()
@@ -1992,7 +2021,7 @@ class Tx:
                        ((t.c.last_seen_at.is_not(None)) & (t.c.last_seen_at < before))
                        | ((t.c.last_seen_at.is_(None)) & (t.c.updated_at < before)))
                 .order_by(t.c.id).limit(limit))
-        return [(_device(r[:-1]), r[-1]) for r in self._exec(stmt)]  # type: ignore[arg-type]
+        return [(_device(r[:-1]), r[-1]) for r in self._exec(stmt)]
 
 
 def _rotation_row(r: RotationSession) -> dict[str, Any]:

@@ -28,13 +28,21 @@ This module does no I/O and reads no clock.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final
 
-from iotrust.core.events import ChainBreak, ChainReport, format_anchor, parse_anchor, record_hash
+from iotrust.core.events import (
+    GENESIS_HASH,
+    ChainBreak,
+    ChainReport,
+    format_anchor,
+    parse_anchor,
+    record_hash,
+)
 from iotrust.core.records import EventHead, EventRow
 from iotrust.errors import InputError
 
@@ -93,24 +101,55 @@ def checkpoint_from(row: EventRow) -> Checkpoint | None:
     return Checkpoint(head, row.seq, full_at)
 
 
+def _fast_hash(row: EventRow) -> str | None:
+    """``record_hash(row)`` without re-validating the fields (about twice as fast).
+
+    The preimage is built as :mod:`iotrust.core.events` builds it (canonical JSON is
+    ``json.dumps`` with sorted keys, no whitespace, UTF-8); ``None`` when it cannot be encoded.
+    """
+    u = row.at.astimezone(UTC)
+    at = (f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+          f".{u.microsecond:06d}Z")
+    try:
+        preimage = json.dumps({"seq": row.seq, "at": at, "kind": row.kind, "actor": row.actor,
+                               "device_id": row.device_id, "reason": row.reason,
+                               "data": row.data, "prev_hash": row.prev_hash},
+                              ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+                              allow_nan=False).encode("utf-8")
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return None
+    return hashlib.sha256(preimage).hexdigest()
+
+
 def _intact(row: EventRow) -> bool:
-    return record_hash(row) == row.hash
+    """Whether ``row``'s content hashes to its stored hash.
+
+    A match of the fast hash is conclusive (equal SHA-256 means equal preimages, and a JSON
+    text decodes to one value, so the content is what the writer hashed); a mismatch is
+    decided by :func:`iotrust.core.events.record_hash`, the reference.
+    """
+    return _fast_hash(row) == row.hash or record_hash(row) == row.hash
 
 
-def verify_since(checkpoint: EventHead, rows: Iterable[EventRow], *,
+def verify_since(checkpoint: EventHead | None, rows: Iterable[EventRow], *,
                  anchor: EventHead | None = None,
                  anchor_row: EventRow | None = None) -> ChainReport | None:
     """Verify the records from ``checkpoint.seq`` on (``rows``, in sequence order).
 
-    ``anchor_row`` is the anchored record when the anchor is older than the checkpoint. Returns
-    the report of an intact stretch (``count``: records read, the checkpointed one included), or
-    ``None`` when anything is off — a full verification must then tell what.
+    ``checkpoint=None`` verifies the whole log (from record 1 and the genesis hash): the fast
+    path of a full verification. ``anchor_row`` is the anchored record when the anchor is
+    older than the checkpoint. Returns the report of an intact stretch (``count``: records
+    read, the checkpointed one included), or ``None`` when anything is off — a full
+    verification with :func:`iotrust.core.events.verify_chain` must then tell what.
     """
+    first = 1 if checkpoint is None else checkpoint.seq
     previous: EventRow | None = None
     anchored_ok = anchor is None
     for row in rows:
         if previous is None:
-            if row.seq != checkpoint.seq or row.hash != checkpoint.hash or not _intact(row):
+            expected = (row.prev_hash == GENESIS_HASH if checkpoint is None
+                        else row.hash == checkpoint.hash)
+            if row.seq != first or not expected or not _intact(row):
                 return None
         elif row.seq != previous.seq + 1 or row.prev_hash != previous.hash or not _intact(row):
             return None
@@ -120,14 +159,13 @@ def verify_since(checkpoint: EventHead, rows: Iterable[EventRow], *,
             anchored_ok = True
         previous = row
     if previous is None:
-        return None
-    if anchor is not None and anchor.seq < checkpoint.seq:
+        return ChainReport(0, None, ()) if checkpoint is None and anchor is None else None
+    if anchor is not None and anchor.seq < first:
         anchored_ok = (anchor_row is not None and anchor_row.seq == anchor.seq
                        and anchor_row.hash == anchor.hash and _intact(anchor_row))
     if not anchored_ok:
         return None
-    return ChainReport(previous.seq - checkpoint.seq + 1, EventHead(previous.seq, previous.hash),
-                       ())
+    return ChainReport(previous.seq - first + 1, EventHead(previous.seq, previous.hash), ())
 
 
 def checkpoint_break(checkpoint: EventHead, row: EventRow | None) -> ChainBreak | None:

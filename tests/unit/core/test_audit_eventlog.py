@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from iotrust.core.audit_eventlog import (
     CHECKPOINT_KEY,
+    _fast_hash,
     checkpoint_break,
     checkpoint_data,
     checkpoint_from,
     verify_since,
     with_break,
 )
-from iotrust.core.events import ChainReport, EventDraft, chain_next, verify_chain
+from iotrust.core.events import ChainReport, EventDraft, chain_next, record_hash, verify_chain
 from iotrust.core.records import EventHead, EventRow
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -115,3 +116,30 @@ def test_checkpoint_break_after_a_full_verification() -> None:
     assert not report.intact
     assert report.breaks == (lost,)
     assert with_break(ChainReport(0, None, ()), lost).breaks == (lost,)
+
+
+def test_whole_log_linear_pass() -> None:
+    rows = chain(6)
+    report = verify_since(None, rows, anchor=rows[4].head)
+    assert report is not None
+    assert (report.count, report.head) == (6, rows[-1].head)
+    assert verify_since(None, []) == ChainReport(0, None, ())
+    assert verify_since(None, [], anchor=rows[0].head) is None  # truncated to nothing
+    assert verify_since(None, rows[1:]) is None  # record 1 missing
+    assert verify_since(None, chain(6, info="x")[:1] + rows[1:]) is None  # wrong link
+    # record 1 must start from the genesis hash
+    moved = chain_next(rows[0].head, EventDraft(kind="test.event", actor="t@x"), NOW)
+    assert verify_since(None, [dataclasses.replace(moved, seq=1)]) is None
+
+
+def test_fast_hash_agrees_with_the_reference() -> None:
+    head = None
+    for draft in (EventDraft(kind="a.b", actor="ünïcødé@x", device_id="dev-" + "a" * 26,
+                             reason="clone_suspected", data={"k": '\u2028 "q" \\ é 😀'}),
+                  EventDraft(kind="a.b", actor="t@x", data={"n": [1, None, True]})):
+        row = chain_next(head, draft, NOW.astimezone(timezone(timedelta(hours=5))))
+        assert _fast_hash(row) == record_hash(row) == row.hash
+        head = row.head
+    lone = dataclasses.replace(row, data='{"k":"\ud800"}')
+    assert _fast_hash(lone) is None
+    assert verify_since(None, [lone]) is None

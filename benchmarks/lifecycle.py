@@ -3,10 +3,14 @@
 * ``lifecycle.rotation`` — whole rotations (begin, complete, confirm with real ECDSA signatures,
   a new certificate issued and the old one revoked) per second through the service layer, on
   SQLite, in process; CRL republication per confirmation switched off (the campaign's cost is
-  then the registry and the crypto; the CRL is republished once per sweep or batch).
+  then the registry and the crypto; the CRL is republished once per sweep or batch);
+  ``lifecycle.rotation_crl_per_confirm`` the same with the old credential's CA's CRL re-signed
+  and published after every confirmation (no broker), a fifth of the devices.
 * ``lifecycle.crl_build`` — building, signing and verifying one CRL with 100,000 revoked
   certificates (quick: 10,000): time and DER/PEM size, the core operation behind every
-  ``publish_crls``.
+  ``publish_crls``; what a request that a concurrent publication already covered pays
+  instead (parse the PEM, look the last serial up); what the broker adapter's check before
+  replacing ``crl.pem`` costs (every entry parsed, signature, nextUpdate).
 * ``lifecycle.retire_to_*`` — from ``iotrust retire DEVICE`` (``services.broker.retire``:
   registry transition, CRL published, verified and installed, reload, rules, kick) to (a) the
   device's live session being cut and (b) a fresh TLS handshake with its certificate being
@@ -47,7 +51,7 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _rotation(quick: bool) -> dict[str, Any]:
+def _rotation(quick: bool, *, publish: bool = False) -> dict[str, Any]:
     from tests.integration.fleet import build_fleet  # noqa: PLC0415
     from tests.integration.lifecycle_helpers import RotatingDevice  # noqa: PLC0415
     from tests.integration.mqtt import add_active_devices  # noqa: PLC0415
@@ -55,7 +59,7 @@ def _rotation(quick: bool) -> dict[str, Any]:
     from iotrust.ports import SystemClock  # noqa: PLC0415
     from iotrust.services.rotation import RotationService  # noqa: PLC0415
 
-    n = 50 if quick else 500
+    n = (50 if quick else 500) // (5 if publish else 1)
     base = Path(tempfile.mkdtemp(prefix="iotrust-rotation-"))
     try:
         clock = SystemClock()
@@ -63,7 +67,7 @@ def _rotation(quick: bool) -> dict[str, Any]:
         db = fleet.open_db()
         try:
             idents = add_active_devices(fleet, db, clock, n, base / "clients")
-            svc = RotationService(db, clock, fleet.settings, fleet.secrets, publish=False)
+            svc = RotationService(db, clock, fleet.settings, fleet.secrets, publish=publish)
             devs = [RotatingDevice(i.name, i.cert, i.key) for i in idents]
             t0 = time.perf_counter()
             for dev in devs:
@@ -73,17 +77,21 @@ def _rotation(quick: bool) -> dict[str, Any]:
             db.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return {"name": "lifecycle.rotation", "n": n, "devices_per_s": round(n / elapsed, 1),
+    name = "lifecycle.rotation_crl_per_confirm" if publish else "lifecycle.rotation"
+    return {"name": name, "n": n, "devices_per_s": round(n / elapsed, 1),
             "mean_ms": round(elapsed / n * 1000, 2),
-            "extra": {"store": "sqlite", "crl_per_confirm": False,
+            "extra": {"store": "sqlite", "crl_per_confirm": publish,
                       "includes": "device-side keygen, CSR and 3 signatures"}}
 
 
 def _crl(quick: bool) -> dict[str, Any]:
+    from cryptography import x509  # noqa: PLC0415
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
     from iotrust.adapters.keys.file import DeviceFileKey  # noqa: PLC0415
+    from iotrust.adapters.mqtt.mosquitto import verify_crl_bundle  # noqa: PLC0415
     from iotrust.core import pki  # noqa: PLC0415
+    from iotrust.ports import SystemClock  # noqa: PLC0415
 
     n = 10_000 if quick else 100_000
     base = Path(tempfile.mkdtemp(prefix="iotrust-crl-"))
@@ -102,12 +110,46 @@ def _crl(quick: bool) -> dict[str, Any]:
         t_check = time.perf_counter() - t1
         der = crl.public_bytes(serialization.Encoding.DER)
         pem = crl.public_bytes(serialization.Encoding.PEM)
+        # what a coalesced request pays instead: parse the CRL in force, look its serials up
+        t2 = time.perf_counter()
+        parsed = x509.load_pem_x509_crl(pem)  # lazily, as services.crl_publication does
+        found = parsed.get_revoked_certificate_by_serial_number(entries[-1].serial_number)
+        t_lookup = time.perf_counter() - t2
+        if found is None:
+            raise RuntimeError("the last serial is not listed")
+        # what the broker adapter checks before it replaces crl.pem (full parse + signature)
+        t3 = time.perf_counter()
+        verify_crl_bundle(pem, root.public_bytes(serialization.Encoding.PEM), SystemClock(),
+                          timedelta(hours=1))
+        t_install_check = time.perf_counter() - t3
+        t_floor = _crl_floor(root, entries, now)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return {"name": "lifecycle.crl_build", "n": n, "build_ms": round(t_build * 1000, 1),
-            "verify_ms": round(t_check * 1000, 1), "der_bytes": len(der),
-            "pem_bytes": len(pem), "extra": {"bytes_per_entry_der": round(len(der) / n, 1),
-                                             "serials": "152-bit random"}}
+            "verify_ms": round(t_check * 1000, 1),
+            "parse_and_lookup_ms": round(t_lookup * 1000, 1),
+            "broker_install_check_ms": round(t_install_check * 1000, 1), "der_bytes": len(der),
+            "pem_bytes": len(pem), "floor_ms": round(t_floor * 1000, 1),
+            "ratio_to_floor": round(t_build / t_floor, 2),
+            "extra": {"bytes_per_entry_der": round(len(der) / n, 1),
+                      "serials": "152-bit random",
+                      "floor": "the same CRL built and signed by cryptography alone, same run"}}
+
+
+def _crl_floor(ca: Any, entries: list[Any], now: datetime) -> float:
+    """Seconds for cryptography alone to build and sign the same CRL (an in-memory key)."""
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    t0 = time.perf_counter()
+    revoked = [x509.RevokedCertificateBuilder().serial_number(e.serial_number)
+               .revocation_date(e.revoked_at).build() for e in entries]
+    x509.CertificateRevocationListBuilder(
+        issuer_name=ca.subject, last_update=now, next_update=now + timedelta(days=7),
+        revoked_certificates=revoked).sign(key, hashes.SHA256())
+    return time.perf_counter() - t0
 
 
 def _raise_fd_limit() -> int:
@@ -124,7 +166,8 @@ def _retire_worker(conn: Any, port: int, ca: str,  # noqa: C901, PLR0915
     """Hold ``idents`` connected (one paho loop thread each); report cuts and lost sessions.
 
     ``("arm", name)``: the next disconnect of ``name`` is the one being measured (its time is
-    kept, and the client stops reconnecting: a retired device is probed from outside).
+    kept, and the client stops reconnecting: a retired device is probed from outside);
+    ``("expect_retired", names)``: those will be cut too (not counted as lost).
     """
     import paho.mqtt.client as mqtt  # noqa: PLC0415
     from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
@@ -151,7 +194,9 @@ def _retire_worker(conn: Any, port: int, ca: str,  # noqa: C901, PLR0915
                         cut_event.set()
                     state["retired"].add(name)
                     client.disconnect()  # no reconnect: the probe measures refusal
-                elif name not in state["retired"]:
+                elif name in state["retired"]:
+                    client.disconnect()  # retired elsewhere: expected, no reconnect
+                else:
                     state["lost"] += 1
 
         c.on_disconnect = on_disconnect
@@ -175,6 +220,10 @@ def _retire_worker(conn: Any, port: int, ca: str,  # noqa: C901, PLR0915
                 state["armed"], state["cut"] = msg[1], None
                 cut_event.clear()
             conn.send(("armed",))
+        elif msg[0] == "expect_retired":
+            with lock:
+                state["retired"].update(msg[1])
+            conn.send(("ok",))
         elif msg[0] == "cut":
             cut_event.wait(msg[1])
             with lock:
@@ -244,6 +293,7 @@ def _retire(quick: bool) -> list[dict[str, Any]]:  # noqa: PLR0915
             if ready != devices:
                 raise RuntimeError(f"only {ready}/{devices} devices connected")
             targets = random.Random(11).sample(tb.devices, runs)
+            floor_ms = _broker_floor(tb, broker, [d for d in tb.devices if d not in targets])
             db = tb.db()
             try:
                 for ident in targets:
@@ -267,6 +317,11 @@ def _retire(quick: bool) -> list[dict[str, Any]]:  # noqa: PLR0915
                         continue
                     refused.append((at - t0) * 1000)
                     cut.append((cut_at - t0) * 1000)
+                victims = [d for d in tb.devices if d not in targets][:CONCURRENT_RETIREMENTS]
+                for _, parent in workers:
+                    parent.send(("expect_retired", [v.name for v in victims]))
+                    parent.recv()
+                concurrent = _concurrent_retire(tb, victims)
             finally:
                 db.close()
             for p, parent in workers:
@@ -286,21 +341,113 @@ def _retire(quick: bool) -> list[dict[str, Any]]:  # noqa: PLR0915
              "command_steps_p50_ms": {k: round(statistics.median(v), 2)
                                       for k, v in steps.items()},
              "setup_s": {"build": round(build_s, 1), "connect": round(connect_s, 1)},
-             "rlimit_nofile": nofile, "target_ms": {"p99": 2000}}
-    rows = []
+             "rlimit_nofile": nofile, "target_ms": {"p99": 2000},
+             "floor_ms": round(floor_ms, 1),
+             "floor": "median of a bare broker reload (SIGHUP + barrier) plus a median accepted"
+                      " mTLS handshake, same run, same broker and fleet"}
+    extra["expected_connected_at_end"] = devices - runs - CONCURRENT_RETIREMENTS
+    rows = [concurrent]
     for name, values in (("lifecycle.retire_to_session_cut", cut),
                          ("lifecycle.retire_to_refused_handshake", refused)):
+        p50 = statistics.median(values) if values else None
         rows.append({"name": name, "n": len(values),
-                     "p50_ms": round(statistics.median(values), 1) if values else None,
+                     "p50_ms": round(p50, 1) if p50 is not None else None,
                      "p99_ms": round(_pct(values, 0.99), 1) if values else None,
                      "max_ms": round(max(values), 1) if values else None,
+                     "p50_ratio_to_floor": round(p50 / floor_ms, 2) if p50 and floor_ms else None,
                      "extra": extra})
     return rows
 
 
+CONCURRENT_RETIREMENTS = 16
+_THREADS = 8
+
+
+def _concurrent_retire(tb: Any, victims: list[Any]) -> dict[str, Any]:
+    """Retire ``victims`` from ``_THREADS`` threads at once; count the CRL signatures."""
+    from iotrust.core import events as ev  # noqa: PLC0415
+    from iotrust.core.lifecycle import RetirementReason  # noqa: PLC0415
+    from iotrust.services import broker as broker_svc  # noqa: PLC0415
+
+    def signatures() -> int:
+        db = tb.db()
+        try:
+            with db.transaction(readonly=True) as tx:
+                return sum(1 for _ in tx.iter_events(kind=ev.CRL_PUBLISHED))
+        finally:
+            db.close()
+
+    before = signatures()
+    times: list[float] = []
+    refused: list[bool] = []
+    lock = threading.Lock()
+    todo = list(victims)
+    start = threading.Barrier(_THREADS)
+
+    def work() -> None:
+        db = tb.db()
+        broker = broker_svc.open_broker(tb.settings, tb.clock)
+        try:
+            start.wait()
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    ident = todo.pop()
+                t0 = time.monotonic()
+                broker_svc.retire(db, tb.settings, tb.fleet.secrets, tb.clock, ident.name,
+                                  broker=broker, reason=RetirementReason.DECOMMISSIONED,
+                                  actor="bench@lifecycle")
+                elapsed = (time.monotonic() - t0) * 1000
+                probe = tb.client(ident)
+                ok = probe.connect()
+                probe.close()
+                with lock:
+                    times.append(elapsed)
+                    refused.append(not ok)
+        finally:
+            if broker is not None:
+                broker.close()
+            db.close()
+
+    threads = [threading.Thread(target=work) for _ in range(_THREADS)]
+    t_all = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    wall = time.monotonic() - t_all
+    return {"name": "lifecycle.retire_concurrent", "n": len(times),
+            "p50_ms": round(statistics.median(times), 1) if times else None,
+            "p99_ms": round(_pct(times, 0.99), 1) if times else None,
+            "retirements_per_s": round(len(times) / wall, 1),
+            "extra": {"threads": _THREADS, "crl_signatures": signatures() - before,
+                      "refused_on_return": sum(refused),
+                      "note": "each request's CRL step is skipped when a publication that "
+                              "finished while it waited already lists its serials"}}
+
+
+def _broker_floor(tb: Any, broker: Any, healthy: list[Any], n: int = 10) -> float:
+    """The least any retirement must wait for: one reload processed plus one handshake (ms)."""
+    reloads, handshakes = [], []
+    for i in range(n):
+        t0 = time.monotonic()
+        broker.reload()
+        reloads.append(time.monotonic() - t0)
+        probe = tb.client(healthy[i % len(healthy)])
+        t1 = time.monotonic()
+        ok = probe.connect()
+        handshakes.append(time.monotonic() - t1)
+        probe.close()
+        tb.clients.remove(probe)
+        if not ok:
+            raise RuntimeError("a healthy device could not connect")
+    return (statistics.median(reloads) + statistics.median(handshakes)) * 1000
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """The lifecycle benchmark rows."""
-    return [_rotation(quick), _crl(quick), *_retire(quick)]
+    return [_rotation(quick), _rotation(quick, publish=True), _crl(quick), *_retire(quick)]
 
 
 if __name__ == "__main__":

@@ -506,7 +506,7 @@ def test_csr_key_seen_before_is_a_clone(svc: OnboardingService, db: Database, cl
 
 # --- confirm and the deadline ----------------------------------------------------------------
 
-def test_confirm_reads_session_certificate_and_device_at_once(
+def test_session_context_reads_session_certificate_and_device_at_once(
         svc: OnboardingService, db: Database, clock: FixedClock,
         fresh: Callable[[str], FleetDevice]) -> None:
     dev = fresh("widgetco")
@@ -514,8 +514,8 @@ def test_confirm_reads_session_certificate_and_device_at_once(
     _, _, session = hello(svc, dev, clock)
     sid = session.session_id.hex()
     with db.transaction(readonly=True) as tx:
-        assert tx.get_session_for_confirm("0" * 32) is None
-        found = tx.get_session_for_confirm(sid)
+        assert tx.get_session_context("0" * 32) is None
+        found = tx.get_session_context(sid)
         assert found is not None
         opened, binding, pem, device = found
         assert (opened, binding) == tx.get_session_and_binding(sid)
@@ -523,7 +523,7 @@ def test_confirm_reads_session_certificate_and_device_at_once(
         assert device == tx.get_device(device_id)
     _, onboarded = attest(svc, dev, session, clock)
     with db.transaction(readonly=True) as tx:
-        found = tx.get_session_for_confirm(sid)
+        found = tx.get_session_context(sid)
         assert found is not None
         attested, binding, pem, device = found
         assert (attested, binding) == tx.get_session_and_binding(sid)

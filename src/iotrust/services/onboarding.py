@@ -41,7 +41,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from iotrust.adapters.sql.store import Database, SessionBinding, Tx
+from iotrust.adapters.sql.store import Database, Tx
 from iotrust.core import events as ev
 from iotrust.core import hardware as hw
 from iotrust.core import lifecycle, pki
@@ -444,7 +444,9 @@ class OnboardingService:
         with self._db.transaction() as tx:
             domain = require_domain(tx)
             config = OnboardingConfig.from_settings(domain.settings)
-            session, binding = _session_and_binding(tx, sid)
+            found = tx.get_session_context(sid)  # the session, its binding and its device
+            session, binding, _, stored_device = (
+                found if found is not None else (None, None, None, None))
             if session is not None and session.serial == req.serial:
                 seen.device_id = session.device_id
                 seen.session_id = sid
@@ -465,7 +467,7 @@ class OnboardingService:
                 voucher_sha256=bytes.fromhex(binding.voucher_sha256),
                 nonce_consumed_ok=consumed, known_key=tx.key_seen,
                 key_storage=binding.key_storage)
-            device = tx.get_device(session.device_id)
+            device = stored_device or tx.get_device(session.device_id)
             if device.state is DeviceState.RETIRED:
                 raise refuse(r.RETIRED, "this device is retired")
             lifetime = (timedelta(seconds=tx.get_model(device.model).credential_lifetime_s)
@@ -506,7 +508,7 @@ class OnboardingService:
         now = self._clock.now()
         with self._db.transaction() as tx:
             # one read: the session, its binding, its credential's certificate and its device
-            found = tx.get_session_for_confirm(sid)
+            found = tx.get_session_context(sid)
             session, binding, certificate_pem, stored_device = (
                 found if found is not None else (None, None, None, None))
             if session is not None and session.device_id == req.device_id:
@@ -618,12 +620,6 @@ class OnboardingService:
             publish_crls(self._db, self._settings, self._secrets, self._clock, actor=ACTOR)
         except (IotrustError, OSError) as exc:
             _log.warning("publishing the CRL after an onboarding refusal failed: %s", exc)
-
-
-def _session_and_binding(tx: Tx, session_id: str,
-                         ) -> tuple[OnboardingSession | None, SessionBinding | None]:
-    found = tx.get_session_and_binding(session_id)
-    return (None, None) if found is None else found
 
 
 def _claimed_identity(req: HelloRequest) -> tuple[str | None, str | None]:

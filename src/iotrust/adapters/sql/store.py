@@ -404,9 +404,9 @@ _GET_CREDENTIAL: Final = select(s.credentials).where(
     s.credentials.c.serial_number == bindparam("serial"))
 _GET_SESSION: Final = select(s.onboarding_sessions).where(
     s.onboarding_sessions.c.id == bindparam("id"))
-# confirm's one read: the device's columns first (positional for _device), then the session's
-# credential certificate, then the session row (read by name; the device columns are labelled).
-_SESSION_FOR_CONFIRM: Final = (
+# attest's and confirm's one read: the device's columns first (positional for _device), then the
+# session's credential certificate, then the session row (by name; device columns are labelled).
+_SESSION_CONTEXT: Final = (
     select(*(c.label(f"device_{c.name}") for c in _DEVICE_COLUMNS),
            s.credentials.c.certificate_pem.label("credential_pem"), s.onboarding_sessions)
     .select_from(s.onboarding_sessions
@@ -1481,14 +1481,14 @@ class Tx:
                                              confirm_by=row.confirm_by,
                                              key_storage=row.key_storage)
 
-    def get_session_for_confirm(
+    def get_session_context(
             self, session_id: str,
     ) -> tuple[OnboardingSession, SessionBinding, str | None, Device | None] | None:
         """:meth:`get_session_and_binding`, its credential's PEM certificate and its device.
 
-        One read (the onboarding confirm's); the last two are ``None`` when absent.
+        One read (onboarding's attest and confirm); the last two are ``None`` when absent.
         """
-        row = self._exec(_SESSION_FOR_CONFIRM, {"id": session_id}).first()
+        row = self._exec(_SESSION_CONTEXT, {"id": session_id}).first()
         if row is None:
             return None
         width = len(_DEVICE_COLUMNS)

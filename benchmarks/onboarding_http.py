@@ -48,7 +48,9 @@ from benchmarks.onboarding import (
     prepare_fleet,
 )
 from benchmarks.registry import PASSPHRASE
+from iotrust.adapters.sql.store import Database
 from iotrust.core import onboarding as proto
+from iotrust.ports import SystemClock
 
 TARGET_HTTP_RATE: Final = 1_000.0
 CONCURRENCY: Final = 32
@@ -244,14 +246,19 @@ def run_window(server_pid: int, run: Callable[[], Coroutine[object, object, None
 
 
 @contextmanager
-def serve(data_dir: Path, workers: int, *, extra_env: dict[str, str] | None = None,
+def serve(data_dir: Path, workers: int, *, database_url: str | None = None,
           ) -> Iterator[tuple[int, int]]:
-    """``iotrust serve --workers N`` on a free local port; yields (port, server pid)."""
+    """``iotrust serve --workers N`` on a free local port; yields (port, server pid).
+
+    The registry is the data folder's SQLite file unless ``database_url`` names another.
+    """
     port = _free_port()
     env = {**os.environ, "IOTRUST_DATA": str(data_dir),
-           "IOTRUST_PASSPHRASE": PASSPHRASE.decode(), **(extra_env or {})}
+           "IOTRUST_PASSPHRASE": PASSPHRASE.decode()}
     for name in ("IOTRUST_DATABASE_URL", "IOTRUST_PASSPHRASE_FILE"):
         env.pop(name, None)
+    if database_url is not None:
+        env["IOTRUST_DATABASE_URL"] = database_url
     log = data_dir / "serve.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -282,34 +289,79 @@ def serve(data_dir: Path, workers: int, *, extra_env: dict[str, str] | None = No
             proc.wait()
 
 
+def service_cpu_ms(data_dir: Path, database_url: str, devices: list[_Prepared]) -> float:
+    """CPU milliseconds per device inside ``OnboardingService`` alone, in this process.
+
+    The same registry, the same service calls as the server makes, without HTTP: the server's CPU
+    per device minus this is what the HTTP stack (uvicorn, FastAPI, the thread hop) costs.
+    """
+    from iotrust.services.domain import Secrets  # noqa: PLC0415 - only this measurement
+    from iotrust.services.onboarding import OnboardingService  # noqa: PLC0415
+    from iotrust.services.settings import Settings  # noqa: PLC0415
+
+    db = Database.open(database_url)
+    try:
+        service = OnboardingService(db, SystemClock(),
+                                    Settings(data_dir=data_dir, database_url=database_url),
+                                    Secrets(passphrase=PASSPHRASE))
+        cpu = 0.0
+        for prepared in devices:
+            device = prepared.device
+            t0 = time.thread_time()
+            answer = service.hello(prepared.hello_wire, source=_HOST).to_wire()
+            cpu += time.thread_time() - t0
+            session = _lean_session(prepared.hello, proto.HelloResponse.from_wire(answer))
+            body = proto.build_attest(session, factory_signer=device.factory_key,
+                                      csr_der=device.csr_der).to_wire()
+            t0 = time.thread_time()
+            answer = service.attest(body, source=_HOST).to_wire()
+            cpu += time.thread_time() - t0
+            onboarded = _lean_onboarded(proto.AttestResponse.from_wire(answer))
+            body = proto.build_confirm(session, onboarded,
+                                       operational_signer=device.operational_key).to_wire()
+            t0 = time.thread_time()
+            service.confirm(body, source=_HOST)
+            cpu += time.thread_time() - t0
+    finally:
+        db.close()
+    return 1000 * cpu / max(1, len(devices))
+
+
 def bench_onboarding_http(config: Config) -> list[Result]:
     """Devices onboarded per second against ``iotrust serve --workers N`` over HTTP."""
     n = config.pick(1_000, 300)
+    n_service = config.pick(300, 100)
     concurrency = min(CONCURRENCY, max(1, n))
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="iotrust-bench-") as tmp:
         # Every simulated device connects from 127.0.0.1: the per-source limit is switched off
         # (the per-serial limit stays on).
-        fleet = prepare_fleet(Path(tmp), n * config.rounds + concurrency,
+        fleet = prepare_fleet(Path(tmp), n * config.rounds + concurrency + n_service,
                               settings={"onboarding_rate_per_source": 0})
         fleet.domain.db.close()
+        settings = fleet.domain.settings
         devices = prepare(fleet.devices)
-        with serve(fleet.domain.settings.data_dir, config.http_workers) as (port, pid):
+        timed, warm, alone = (devices[:n * config.rounds],
+                              devices[n * config.rounds:n * config.rounds + concurrency],
+                              devices[n * config.rounds + concurrency:])
+        with serve(settings.data_dir, config.http_workers) as (port, pid):
             probe = httpx.post(f"http://{_HOST}:{port}/v1/onboarding/hello", content=b"{}",
                                timeout=10.0)
             if probe.status_code in {404, 405}:
                 raise Skipped("the server has no /v1/onboarding routes")
-            warm = devices[-concurrency:]
             asyncio.run(_drive_async(port, warm, concurrency))  # every worker opens its CA key
             windows: list[Window] = []
             health: list[float] = []
             floor: list[float] = []
             for r in range(config.rounds):
-                batch = devices[r * n:(r + 1) * n]
+                batch = timed[r * n:(r + 1) * n]
                 floor.append(onboarding_floor_rate(config.pick(500, 200)))
                 hw = run_window(pid, functools.partial(_health_async, port, 3 * n, concurrency))
                 health.append(per_second(3 * n, hw.wall_s))
                 windows.append(run_window(
                     pid, functools.partial(_drive_async, port, batch, concurrency)))
+        service_ms = service_cpu_ms(settings.data_dir, settings.database_url, alone)
+    load_after = os.getloadavg()[0]
     rates = [per_second(n, w.wall_s) for w in windows]
     top = windows[rates.index(max(rates))]
     cores = os.cpu_count() or 1
@@ -318,18 +370,23 @@ def bench_onboarding_http(config: Config) -> list[Result]:
     return [Result(
         name="onboarding_http", rate=best(rates), n=n, target=TARGET_HTTP_RATE,
         note=(f"serve --workers {config.http_workers}, {concurrency} keep-alive connections, "
-              f"{cores} CPUs shared with the driver; per device: server {server_ms:.1f} ms CPU, "
-              f"driver {driver_ms:.1f} ms CPU; crypto floor {best(floor):,.0f}/s on one core; "
+              f"{cores} CPUs shared with the driver (load {load_before:.1f}..{load_after:.1f}); "
+              f"CPU per device: server {server_ms:.1f} ms (service alone {service_ms:.1f} ms), "
+              f"driver {driver_ms:.1f} ms; crypto floor {best(floor):,.0f}/s on one core; "
               f"GET /v1/health {best(health):,.0f} req/s"),
         details={"rounds_per_s": rates, "workers": config.http_workers,
                  "concurrency": concurrency,
                  "floor": f"{FLOOR_VERIFICATIONS} ECDSA verify + {FLOOR_SIGNATURES} sign",
                  "floor_rounds_per_s": floor, "health_rounds_per_s": health,
+                 "load_average": [load_before, load_after],
                  "windows": [{"wall_s": w.wall_s, "driver_cpu_s": w.driver_cpu_s,
                               "server_cpu_s": w.server_cpu_s,
                               "idle_or_other_cpu_s": w.cores_idle_or_other} for w in windows],
                  "server_cpu_ms_per_device": server_ms, "driver_cpu_ms_per_device": driver_ms,
+                 "service_cpu_ms_per_device": service_ms,
+                 "http_cpu_ms_per_device": server_ms - service_ms,
                  "server_bound_rate": cores * 1000 / server_ms if server_ms else None,
                  "what": "hello+attest+confirm over HTTP/1.1 keep-alive on asyncio streams; "
                          "hello, keys and CSRs prepared before the clock, the two transcript "
-                         "signatures inside it; the device's voucher and chain checks skipped"})]
+                         "signatures inside it; the device's voucher and chain checks skipped; "
+                         "service_cpu: the same calls in process after the server stopped"})]

@@ -300,6 +300,12 @@ def _decode_claims(payload: bytes) -> VoucherClaims:
     return claims
 
 
+@functools.lru_cache(maxsize=64)
+def _load_signer(der: bytes) -> x509.Certificate:
+    """The signer certificate of a voucher, parsed once per DER (one signs many vouchers)."""
+    return x509.load_der_x509_certificate(der)
+
+
 def decode_voucher(data: bytes) -> SignedVoucher:
     """Parse voucher wire bytes. Nothing is verified here except the form.
 
@@ -321,7 +327,7 @@ def decode_voucher(data: bytes) -> SignedVoucher:
         signer_der = _field_b64url(envelope, "signer")
         decode_dss_signature(signature)  # a DER Ecdsa-Sig-Value, or ValueError
         claims = _decode_claims(payload)
-        signer = x509.load_der_x509_certificate(signer_der)
+        signer = _load_signer(signer_der)
     except InputError as exc:
         raise InputError(f"malformed voucher: {exc.message}", reason="voucher_malformed") from None
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -367,6 +373,7 @@ def _issuing_anchor(
     raise _invalid("the voucher signer certificate is not issued by a trusted manufacturer root")
 
 
+@functools.lru_cache(maxsize=256)  # a pure check of an immutable certificate; raising is not cached
 def _check_signer_extensions(signer: x509.Certificate) -> None:
     try:
         extensions = signer.extensions

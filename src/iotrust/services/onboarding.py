@@ -225,12 +225,13 @@ def _factory_key(spki: bytes | None) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def _owner_spki(tx: Tx) -> str:
-    return _spki_sha256_of_pem(root_ca(tx).certificate_pem)
+#: At most this many root CA ids are remembered per service (a root changes at rollover only).
+_MAX_ROOTS_REMEMBERED: Final = 16
 
 
 # CA certificates and manufacturer records are parsed once per distinct stored value (immutable
-# text in, immutable value out); the registry is still read in every transaction.
+# text in, immutable value out); the registry is still read in every transaction (the owner
+# root: its id, see OnboardingService._owner_spki).
 @functools.lru_cache(maxsize=64)
 def _spki_sha256_of_pem(certificate_pem: str) -> str:
     return pki.spki_sha256(pki.load_certificate(certificate_pem.encode()).public_key())
@@ -250,8 +251,10 @@ class OnboardingService:
     """The three onboarding steps over one registry; stateless between requests.
 
     ``random`` draws session ids, nonces and device ids (``os.urandom`` unless a test injects
-    one). The :class:`~iotrust.services.credentials.Issuer` caches the opened issuing-CA key, an
-    immutable thing; nothing about sessions or devices is kept here.
+    one). The :class:`~iotrust.services.credentials.Issuer` caches the opened issuing-CA key, and
+    the service the owner root's SPKI hash per root CA id (a CA's certificate never changes
+    under its id; the domain names the current root in every transaction): immutable things;
+    nothing about sessions or devices is kept here.
     """
 
     def __init__(self, db: Database, clock: Clock, settings: Settings, secrets: Secrets, *,
@@ -264,6 +267,7 @@ class OnboardingService:
         self._random = random
         self._issuer = issuer or Issuer(secrets, clock)
         self._next_prune = datetime.min.replace(tzinfo=clock.now().tzinfo)
+        self._owner_spki_by_root: dict[str, str] = {}
 
     # -- the three steps ---------------------------------------------------------------------
 
@@ -342,7 +346,7 @@ class OnboardingService:
             decision = check_hello(
                 req, now=now, device=device, manufacturer=manufacturer,
                 voucher=_voucher(tx, device), owner=domain.owner,
-                owner_spki_sha256=_owner_spki(tx),
+                owner_spki_sha256=self._owner_spki(tx, domain),
                 device_by_factory_key=_device_by_factory_key(tx, device, spki),
                 open_session_exists=(device is not None
                                      and tx.live_session_exists(device.id, now)))
@@ -370,6 +374,17 @@ class OnboardingService:
             response = hello_response(decision, session, server_id=domain.server_id)
         seen.uncounted = False
         return response
+
+    def _owner_spki(self, tx: Tx, domain: TrustDomain) -> str:
+        """The SPKI SHA-256 of the domain's root CA (what vouchers pin), read once per root id."""
+        root_id = domain.root_ca_id
+        known = self._owner_spki_by_root.get(root_id) if root_id is not None else None
+        if known is not None:
+            return known
+        spki = _spki_sha256_of_pem(root_ca(tx).certificate_pem)
+        if root_id is not None and len(self._owner_spki_by_root) < _MAX_ROOTS_REMEMBERED:
+            self._owner_spki_by_root[root_id] = spki
+        return spki
 
     def _admit(self, tx: Tx, config: OnboardingConfig, seen: _Seen, now: datetime, *,
                sweep_checked: bool) -> None:

@@ -242,6 +242,8 @@ def test_cli_set_model_and_devices_list_show_the_model(
     assert {r["product_id"] for r in rows.values()} == {PRODUCT}
     one = runner.invoke(cli_app, ["--json", "devices", "show", first.id])
     assert json.loads(one.output)["model"] == "cli-unbound"
+    of_model = runner.invoke(cli_app, ["--json", "devices", "list", "--model", "cli-s1"])
+    assert {r["id"] for r in json.loads(of_model.output)} == set(rows) - {first.id}
 
 
 def test_api_set_model_checks_role_and_refuses_with_reasons(
@@ -272,6 +274,10 @@ def test_api_set_model_checks_role_and_refuses_with_reasons(
             got = client.get(f"/v1/devices/{device.id}",
                              headers={"Authorization": f"Bearer {auditor}"})
             assert got.json()["model"] == "cli-unbound"
+            page = client.get("/v1/devices", params={"model": "cli-unbound"},
+                              headers={"Authorization": f"Bearer {auditor}"}).json()
+            assert device.id in {d["id"] for d in page["items"]}
+            assert {d["model"] for d in page["items"]} == {"cli-unbound"}
     finally:
         app.state.iotrust.db.close()
     (event,) = [e for e in _events(db, hw_svc.DEVICE_MODEL_SET) if e["_device_id"] == device.id]

@@ -143,10 +143,11 @@ def router(  # noqa: C901 - one closure per route, each trivial
     @r.get("/devices")
     def list_devices(_: Reader, state_: Annotated[str | None, Query(alias="state")] = None,
                      manufacturer: str | None = None,
+                     model: Annotated[str | None, Query(max_length=64)] = None,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                      after: Annotated[str | None, Query(max_length=64)] = None) -> DevicePage:
         rows = devices.list_devices(state.db, state=state_, manufacturer=manufacturer,
-                                    limit=limit, after=after)
+                                    model=model, limit=limit, after=after)
         nxt = rows[-1].id if len(rows) == limit else None
         return DevicePage(items=[DeviceOut.of(d) for d in rows], next=nxt)
 

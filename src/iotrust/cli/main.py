@@ -314,13 +314,14 @@ def voucher_import(
 def devices_list(
     state: str | None = typer.Option(None, help="expected|active|quarantined|retired"),
     manufacturer: str | None = typer.Option(None),
+    model: str | None = typer.Option(None, help="Only devices of this device model."),
     limit: int = typer.Option(100, min=1, max=10_000),
     after: str | None = typer.Option(None, help="Continue after this device id."),
 ) -> None:
     """List devices (keyset-paginated)."""
     with errors():
         rows = devices.list_devices(STATE.db(), state=state, manufacturer=manufacturer,
-                                    limit=limit, after=after)
+                                    model=model, limit=limit, after=after)
         emit([{"id": d.id, "manufacturer": d.manufacturer, "serial": d.serial,
                "state": d.state.value, "retired_reason": d.retired_reason,
                "owner": d.owner, "factory_spki_sha256": d.factory_spki_sha256,

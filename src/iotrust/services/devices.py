@@ -35,13 +35,15 @@ class DeviceDetail:
 
 
 def list_devices(db: Database, *, state: str | None = None, manufacturer: str | None = None,
-                 limit: int = 100, after: str | None = None) -> list[Device]:
-    """A page of devices (keyset pagination on the device id)."""
+                 model: str | None = None, limit: int = 100,
+                 after: str | None = None) -> list[Device]:
+    """A page of devices (keyset pagination on the device id), optionally of one model."""
     if not 1 <= limit <= 10_000:  # noqa: PLR2004
         raise InputError("limit must be between 1 and 10000", reason="invalid_limit")
     st = _state(state) if state else None
     with db.transaction() as tx:
-        return tx.list_devices(state=st, manufacturer=manufacturer, limit=limit, after_id=after)
+        return tx.list_devices(state=st, manufacturer=manufacturer, model=model, limit=limit,
+                               after_id=after)
 
 
 def show(db: Database, device_id: str, *, events: int = 50) -> DeviceDetail:

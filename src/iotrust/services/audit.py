@@ -76,8 +76,6 @@ AUDIT_MITIGATED: Final = "audit.mitigated"
 MITIGATIONS: Final = ("quarantine", "rotate", "notify")
 _TARGET: Final = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._:@*-]{0,199}$")
 _MAX_REASON: Final = 500
-#: Event-log records fetched per query while verifying the chain.
-_EVENT_BATCH: Final = 5000
 #: The check whose verified head becomes the next audit's checkpoint.
 EVENT_LOG_CHECK: Final = "event-log-integrity"
 
@@ -251,9 +249,8 @@ class RegistrySnapshot:
             head = checkpoint.head
             anchor_row = (self._q.event_at(anchor.seq)
                           if anchor is not None and anchor.seq < head.seq else None)
-            report = ael.verify_since(
-                head, self._tx.iter_events(after_seq=head.seq - 1, batch=_EVENT_BATCH),
-                anchor=anchor, anchor_row=anchor_row)
+            report = ael.verify_since(head, self._q.stream_events(after_seq=head.seq - 1),
+                                      anchor=anchor, anchor_row=anchor_row)
             if report is not None:
                 return au.EventLogStatus(report, anchor is not None, mode="incremental",
                                          since_seq=head.seq, full_at=checkpoint.full_at)
@@ -276,7 +273,7 @@ class RegistrySnapshot:
         at_checkpoint: list[EventRow] = []
 
         def rows() -> Iterator[EventRow]:
-            for row in self._tx.iter_events(batch=_EVENT_BATCH):
+            for row in self._q.stream_events():
                 if checkpoint is not None and row.seq == checkpoint.head.seq:
                     at_checkpoint.append(row)
                 yield row

@@ -519,6 +519,19 @@ class AuditTx:
                           .order_by(e.c.seq.desc()).limit(limit))
         return [_event_row(r) for r in rows]
 
+    def stream_events(self, after_seq: int = 0) -> Iterator[EventRow]:
+        """Every record after ``after_seq`` in sequence order: one streamed query.
+
+        Columns are unpacked by position (about twice as fast as ``Tx.iter_events``'s
+        attribute access per row, which matters for a chain of millions of records).
+        """
+        e = s.events
+        stmt = _streamed(select(e.c.seq, e.c.at, e.c.kind, e.c.actor, e.c.device_id,
+                                e.c.reason, e.c.data, e.c.prev_hash, e.c.hash)
+                         .where(e.c.seq > after_seq).order_by(e.c.seq))
+        for seq, at, kind, actor, device_id, reason, data, prev_hash, digest in self._exec(stmt):
+            yield EventRow(int(seq), at, kind, actor, device_id, reason, data, prev_hash, digest)
+
     def event_at(self, seq: int) -> EventRow | None:
         """The record with sequence number ``seq``, if there is one."""
         e = s.events

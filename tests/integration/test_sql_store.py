@@ -376,6 +376,21 @@ def test_update_device_is_compare_and_set(db: Database) -> None:
         expect(NotFoundError, "unknown_device", lambda: tx.get_device(_device_id(77)))
 
 
+def test_update_device_can_also_record_a_contact(db: Database) -> None:
+    (device,) = seeded(db, 1)
+    t1, t2 = T0 + timedelta(minutes=5), T0 + timedelta(minutes=9)
+    with db.transaction() as tx:
+        assert tx.get_last_seen(device.id) is None
+        tx.update_device(onboard(device, t1), expected_state=DeviceState.EXPECTED, seen_at=t2)
+        assert tx.get_last_seen(device.id) == t2
+        assert tx.get_device(device.id).state is DeviceState.ACTIVE
+        moved = quarantine(onboard(device, t1), t1)
+        tx.update_device(moved, expected_state=DeviceState.ACTIVE, seen_at=t1)  # not backwards
+        assert tx.get_last_seen(device.id) == t2
+        expect(ConflictError, "concurrent_update", lambda: tx.update_device(
+            moved, expected_state=DeviceState.ACTIVE, seen_at=t2))
+
+
 def test_credential_state_changes_and_revoked_serials(db: Database) -> None:
     (device,) = seeded(db, 1)
     with db.transaction() as tx:

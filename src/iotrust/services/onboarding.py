@@ -568,12 +568,11 @@ class OnboardingService:
             storage = recorded_key_storage(claimed, _profile_key_storage(tx, device))
             try:
                 moved = dataclasses.replace(lifecycle.onboard(device, now), key_storage=storage)
-                tx.update_device(moved, expected_state=DeviceState.EXPECTED)
+                tx.update_device(moved, expected_state=DeviceState.EXPECTED, seen_at=now)
             except ConflictError as exc:
                 raise refuse(r.CLONE_SUSPECTED,
                              f"the device is already onboarded ({device.state.value})",
                              detail=exc.reason) from exc
-            tx.touch_last_seen(device.id, now)
             eventlog.record(tx, self._clock, ev.DEVICE_ONBOARDED, actor=ACTOR,
                             device_id=device.id,
                             data={"from": device.state.value, "to": moved.state.value,

@@ -38,6 +38,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    case,
     cast,
     create_engine,
     delete,
@@ -453,9 +454,9 @@ _SET_CREDENTIAL_STATE: Final = update(s.credentials).where(
 ).values(state=bindparam("b_state"))
 
 
-def _update_device_statement() -> Executable:
+def _update_device_statement(*, seen: bool = False) -> Executable:
     t = s.devices
-    return (update(t)
+    stmt = (update(t)
             .where(t.c.id == bindparam("key_id"), t.c.state == bindparam("expected_state"),
                    t.c.manufacturer == bindparam("key_manufacturer"),
                    t.c.serial == bindparam("key_serial"),
@@ -467,9 +468,16 @@ def _update_device_statement() -> Executable:
                     key_storage=bindparam("new_storage"),
                     unsafe_admission=bindparam("new_unsafe"),
                     updated_at=bindparam("new_updated_at")))
+    if seen:  # also a contact by the device: last_seen_at only moves forward
+        at = bindparam("new_seen_at", type_=t.c.last_seen_at.type)
+        stmt = stmt.values(last_seen_at=case(
+            (t.c.last_seen_at.is_(None) | (t.c.last_seen_at < at), at),
+            else_=t.c.last_seen_at))
+    return stmt
 
 
 _UPDATE_DEVICE: Final = _update_device_statement()
+_UPDATE_DEVICE_SEEN: Final = _update_device_statement(seen=True)
 _FIND_DEVICE_FOR_UPDATE: Final = _FIND_DEVICE.with_for_update()
 
 
@@ -1064,16 +1072,18 @@ class Tx:
         row = self._exec(_FIND_DEVICE_BY_KEY, {"spki": spki_sha256}).first()
         return _device(row) if row is not None else None
 
-    def update_device(self, new: Device, *, expected_state: DeviceState) -> None:
+    def update_device(self, new: Device, *, expected_state: DeviceState,
+                      seen_at: datetime | None = None) -> None:
         """Store ``new`` if the device is still in ``expected_state`` (compare-and-set).
 
         Identity fields (manufacturer, serial, factory key, vendor/product, created_at) never
         change. Raises ``ConflictError(concurrent_update)`` if the state moved meanwhile,
         ``ConflictError(identity_immutable)`` if ``new`` differs in identity,
-        ``NotFoundError(unknown_device)`` if there is no such device.
+        ``NotFoundError(unknown_device)`` if there is no such device. With ``seen_at`` the same
+        statement also does :meth:`touch_last_seen` (the change came from the device itself).
         """
         self._writable()
-        result = self._exec(_UPDATE_DEVICE, {
+        params: dict[str, Any] = {
             "key_id": new.id, "expected_state": DeviceState(expected_state).value,
             "key_manufacturer": new.manufacturer, "key_serial": new.serial,
             "key_spki": new.factory_spki_sha256, "key_vendor": new.vendor_id,
@@ -1082,7 +1092,12 @@ class Tx:
             "new_retired": (new.retired_reason.value
                             if new.retired_reason is not None else None),
             "new_storage": new.key_storage.value, "new_unsafe": new.unsafe_admission,
-            "new_updated_at": new.updated_at})
+            "new_updated_at": new.updated_at}
+        if seen_at is None:
+            result = self._exec(_UPDATE_DEVICE, params)
+        else:
+            params["new_seen_at"] = seen_at
+            result = self._exec(_UPDATE_DEVICE_SEEN, params)
         if result.rowcount == 1:
             return
         current = self.get_device(new.id)

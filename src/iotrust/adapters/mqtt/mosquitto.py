@@ -246,19 +246,45 @@ def split_crls(pem: bytes) -> list[x509.CertificateRevocationList]:
     return [pki.load_crl(b) for b in blocks]
 
 
+def _split_signed(pem: bytes) -> list[x509.CertificateRevocationList]:
+    """:func:`split_crls` without the per-entry pass (linear in the entries: ≈ 0.5 s at 100k).
+
+    For CRLs whose signature is checked next: a valid CA signature over the whole TBS already
+    says every entry is what our CA wrote.
+    """
+    blocks = _PEM_CRL.findall(pem or b"")
+    if not blocks:
+        raise InputError("no CRL in the bundle", reason="crl_empty")
+    if len(blocks) > _MAX_CRLS:
+        raise InputError("too many CRLs in one bundle", reason="too_large")
+    out = []
+    for block in blocks:
+        if len(block) > pki.MAX_CRL_BYTES:
+            raise InputError("the CRL is too large", reason="too_large")
+        try:
+            crl = x509.load_pem_x509_crl(block)
+            _ = crl.issuer, crl.last_update_utc, crl.next_update_utc
+        except ValueError as exc:
+            raise InputError("not a valid certificate revocation list",
+                             reason="malformed_crl") from exc
+        out.append(crl)
+    return out
+
+
 def verify_crl_bundle(pem: bytes, ca_pem: bytes, clock: Clock,
                       min_remaining: timedelta) -> list[x509.CertificateRevocationList]:
     """Check a CRL bundle before Mosquitto may see it; return the parsed CRLs.
 
     Every CRL must verify against a CA of ``ca_pem`` and stay valid for ``min_remaining``; every
-    non-self-signed CA (an issuing CA, whose leaves Mosquitto checks) must have one.
+    non-self-signed CA (an issuing CA, whose leaves Mosquitto checks) must have one. The entries
+    are not parsed one by one: the signature over the whole list covers them.
 
     Raises:
         InputError: ``crl_empty``, ``malformed_crl``.
         TrustError: ``crl_invalid`` (unknown issuer, bad signature), ``crl_expired``,
             ``crl_expiring`` (nextUpdate too close), ``crl_missing_for_ca``.
     """
-    crls = split_crls(pem)
+    crls = _split_signed(pem)
     cas = pki.load_certificates(ca_pem)
     now = clock.now()
     covered: set[bytes] = set()

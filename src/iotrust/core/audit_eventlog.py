@@ -16,9 +16,12 @@ an audit verify only what was appended since the last one:
   its hash; an exported anchor is checked against its record (read on its own when it is older
   than the checkpoint). Anything unexpected returns ``None``: the caller then verifies the whole
   log with :func:`iotrust.core.events.verify_chain`, which classifies every break.
-* **What it cannot see.** A record *older* than the checkpoint edited in place (content and
-  hash, chain not re-linked) is only found by a full verification; so is a consistent rewrite of
-  the whole chain up to the checkpoint, which :func:`checkpoint_break` then reports (the
+* **A full run** is :func:`verify_since` with no checkpoint (from record 1 and the genesis hash:
+  one linear pass, record hashes computed without re-validating the stored fields), and
+  ``verify_chain`` only when that pass fails.
+* **What it cannot see.** A record *older* than the checkpoint edited in place (with or without
+  a recomputed hash) is only found by a full verification; so is a consistent rewrite of the
+  whole chain up to the checkpoint, which :func:`checkpoint_break` then reports (the
   checkpointed record no longer has the hash an earlier audit saw). The audit therefore falls
   back to a full verification when the last one is older than ``event_log_full_days`` (and on
   ``--full``); exported anchors remain the defence against a rewritten tail.

@@ -6,7 +6,8 @@
   is regenerated on every start.
 * :func:`quarantine`, :func:`release`, :func:`retire`: the lifecycle transition and its event
   commit first (one transaction, :mod:`services.devices`); then the broker effects run (rules,
-  reload, kick, and for retirement the CRL) and their times are measured and returned.
+  reload, kick, and for retirement then the CRL and a second kick) and their times are
+  measured and returned.
 * :func:`refresh_crl_if_due`: re-sign the CRL well before its nextUpdate (a CRL past it locks out
   every device).
 
@@ -147,7 +148,7 @@ def _effects(result: Containment, watch: _Stopwatch,
     """
     result.broker = "applied"
     for name, step in steps:
-        if result.broker == "not_running" and name == "kick":
+        if result.broker == "not_running" and name.startswith("kick"):
             continue
         faults.checkpoint("broker.before_" + name)
         try:
@@ -226,10 +227,14 @@ def retire(db: Database, settings: Settings, secrets: Secrets, clock: Clock, dev
                                             checkpoint="broker.retire.crl_published",
                                             on_published=lambda: watch.lap("crl_publish"))
 
+    # Cut first, then close the door: the rules (deny) and the kick do not wait for the CRL to
+    # be signed; a session it re-opens meanwhile has no rights and is kicked again once the CRL
+    # refuses new handshakes.
     _effects(result, watch, [
-        ("crl_install", publish_and_install),
         ("rules", lambda: sync(db, broker)),
         ("kick", lambda: broker.kick(device_id)),
+        ("crl_install", publish_and_install),
+        ("kick_again", lambda: broker.kick(device_id)),
     ])
     return result
 

@@ -1,10 +1,10 @@
 """Ending trust at fleet scale, the operator's way back, and dormant devices (DESIGN.md §9).
 
 * :func:`retire_many` — retire every device of a model or a group (or a list): one transaction
-  and one event per device (each revokes all its credentials), then **one** CRL publication of
-  the CAs that issued them and broker install (verified, atomic, reload), one rules sync and a
-  kick per device. When it returns, the broker refuses every new handshake of those
-  credentials.
+  and one event per device (each revokes all its credentials), then one rules sync and a kick
+  per device (the sessions are cut without waiting for the CRL), **one** CRL publication of
+  the CAs that issued them and broker install (verified, atomic, reload), and a second kick.
+  When it returns, the broker refuses every new handshake of those credentials.
 * :func:`reset` — the explicit recovery path for a device whose credential lapsed without
   rotation: ACTIVE → EXPECTED with a ``device.reset`` event, any remaining credential revoked,
   so it can onboard again with its factory identity **if its voucher still allows it**. Only an
@@ -82,17 +82,29 @@ def retire_many(db: Database, settings: Settings, secrets: Secrets, clock: Clock
                 raise
         if progress is not None:
             progress(1)
+    live = broker is not None and bool(retired)
+    if live:  # cut first (rules deny, kick), without waiting for the CRL to be signed
+        live = _deny_and_kick(db, broker, retired)
     publish_and_install(db, settings, secrets, clock, broker, actor=actor,
                         revoked=revoked_of_devices(db, clock, device_ids))
-    if broker is not None and retired:
-        try:
-            broker_svc.sync(db, broker)
-            for device in retired:
-                broker.kick(device.id)
-        except BackendError as exc:
-            if exc.reason != "broker_not_running":
-                raise
+    if live:  # a session re-opened meanwhile has no rights; the CRL now refuses the handshake
+        _deny_and_kick(db, broker, retired, rules=False)
     return retired
+
+
+def _deny_and_kick(db: Database, broker: Any, retired: list[Device], *,  # noqa: ANN401
+                   rules: bool = True) -> bool:
+    """Apply the rules (unless ``rules`` is false) and kick; False if the broker is not running."""
+    try:
+        if rules:
+            broker_svc.sync(db, broker)
+        for device in retired:
+            broker.kick(device.id)
+    except BackendError as exc:
+        if exc.reason != "broker_not_running":
+            raise
+        return False
+    return True
 
 
 def reset(db: Database, clock: Clock, device_id: str, *, actor: str) -> Device:

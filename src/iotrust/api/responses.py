@@ -145,7 +145,9 @@ def _statuses(method: str, operation: dict[str, Any], route: APIRoute | None) ->
     if _needs_token(route):
         out |= {"401", "403", "429"}
         if is_post:
-            out.add("409")
+            # an operator's body names registry objects (a model, a group, devices) that may
+            # not exist: 404 as for a path parameter
+            out |= {"404", "409"}
     elif is_post:
         out |= {"403", "422"}
     return out

@@ -681,8 +681,11 @@ def _profile_key_storage(tx: Tx, device: Device) -> hw.HardwareKeyStorage | None
     if device.model is None:
         return None
     profile = tx.get_model(device.model).hardware_profile
-    if profile is None:
-        return None
+    return None if profile is None else _key_storage_of_profile(profile)
+
+
+@functools.lru_cache(maxsize=64)  # a profile is an immutable text: parse it (~1 ms) once
+def _key_storage_of_profile(profile: str) -> hw.HardwareKeyStorage | None:
     try:
         return hw.parse_profile(profile.encode("utf-8")).key_storage
     except InputError:  # profiles are validated when registered; a damaged one backs no claim

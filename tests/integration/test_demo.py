@@ -5,7 +5,9 @@ a real Mosquitto, a real ``iotrust serve`` and real ``iotrust-agent`` processes.
 the machine-readable outcome (never the narration) and checks the registry the demo left behind:
 every device but the retired one is ACTIVE, the refusals carry their reasons, telemetry was
 accepted, the rollout aborted before its later wave, the quarantine took under a second, the
-rotation happened, the retired device was recorded as a zombie, and the audit ran.
+rotation happened, the retired device was recorded as a zombie, and the audit ran. The demo
+registers its product's device model before the vouchers arrive, so every device gets the model,
+its credential lifetime and key-storage ceiling, and the audit speaks about that hardware.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from iotrust.services import zombies
 pytestmark = pytest.mark.mqtt
 
 FAST_DEVICES = 5
+MODEL = "acme-sensor-s2"
+SECURE_ELEMENT_DAYS = 90
 
 
 def test_demo_fast_tells_the_whole_story(tmp_path: Path) -> None:  # noqa: PLR0915 - one story
@@ -48,7 +52,12 @@ def test_demo_fast_tells_the_whole_story(tmp_path: Path) -> None:  # noqa: PLR09
     assert outcome["dashboard"].endswith("/ui/")
     assert all(step["ok"] for step in steps.values()), steps
 
-    assert steps["mint"]["vouchers_imported"] == FAST_DEVICES
+    mint = steps["mint"]
+    assert mint["vouchers_imported"] == FAST_DEVICES
+    assert mint["model"] == MODEL
+    assert mint["devices_with_model"] == FAST_DEVICES
+    assert mint["model_worst"] == "degraded"  # the secure-element MCU: no rollback counter
+    assert mint["credential_lifetime_days"] == SECURE_ELEMENT_DAYS
     refusals = steps["refusals"]
     assert {"nonce_replayed", "clone_suspected"} <= set(refusals["reasons"])
     assert refusals["rogue"] in {"unknown_device", "chain_invalid"}
@@ -72,18 +81,28 @@ def test_demo_fast_tells_the_whole_story(tmp_path: Path) -> None:  # noqa: PLR09
     assert isinstance(audit["findings"], list)
     assert audit["checks"] > 0
     assert audit["device_states"] == {"active": FAST_DEVICES - 1, "retired": 1}
+    # the agents claim file keys; the secure-element profile can back that claim, so it stands
+    assert audit["key_storage"] == {"file": FAST_DEVICES}
+    hardware = [f for f in audit["findings"] if f["check"] == "hardware-lifetime"]
+    assert [(f["severity"], f["affected"]) for f in hardware] == [("medium", 1)]
+    assert MODEL in hardware[0]["title"]
+    assert "weak-key-storage" not in {f["check"] for f in audit["findings"]}  # own topics only
 
     # the registry the demo left behind says the same
     db = Database.open(f"sqlite:///{folder / 'data' / 'iotrust.db'}")
     try:
         with db.transaction(readonly=True) as tx:
             states = [d.state for d in tx.list_devices(limit=100)]
+            models = {d.model for d in tx.list_devices(limit=100)}
+            lifetime = tx.get_model(MODEL).credential_lifetime_s
             kinds = [e.kind for e in tx.iter_events()]
             refused = {e.reason for e in tx.iter_events(kind=ev.ONBOARDING_REFUSED)}
             rotated = {c.serial_number: c for c in
                        tx.list_credentials(device_id=steps["rotation"]["device"])}
         assert states.count(DeviceState.ACTIVE) == FAST_DEVICES - 1
         assert states.count(DeviceState.RETIRED) == 1
+        assert models == {MODEL}
+        assert lifetime == SECURE_ELEMENT_DAYS * 86_400
         assert {"nonce_replayed", "clone_suspected", refusals["rogue"], "retired"} <= refused
         assert "rollout.aborted" in kinds
         assert "audit.completed" in kinds

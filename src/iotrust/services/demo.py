@@ -3,11 +3,12 @@
 :class:`Demo` builds a throw-away trust domain in a folder (SQLite), a simulated factory and a
 rogue one, starts a real Mosquitto (configured by :mod:`iotrust.services.broker`), a real
 ``iotrust serve`` subprocess and real ``iotrust-agent`` processes, and goes through the story:
-mint and vouch, onboard, refusals (replayed attest, rogue device, clone), signed telemetry
-(ingest runs in-process), a staged rollout that aborts itself on an injected failure, a
-quarantine measured by the broker service, a rotation, a retirement followed by a zombie
-knocking, and the posture audit. Every step returns its outcome as a JSON-able dict with
-``ok``; the narration goes through a :data:`Narrate` callback, so this module prints nothing.
+mint, register the product's device model with its hardware profile (shipped as package data),
+vouch, onboard, refusals (replayed attest, rogue device, clone), signed telemetry (ingest runs
+in-process), a staged rollout that aborts itself on an injected failure, a quarantine measured
+by the broker service, a rotation, a retirement followed by a zombie knocking, and the posture
+audit. Every step returns its outcome as a JSON-able dict with ``ok``; the narration goes
+through a :data:`Narrate` callback, so this module prints nothing.
 
 Processes are started in their own process groups and stopped by their pid only (:meth:`close`).
 This module does not decide anything itself: every decision is the services' and the server's;
@@ -30,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,6 +51,7 @@ from iotrust.adapters.mqtt.mosquitto import (
 )
 from iotrust.adapters.sql.store import Database
 from iotrust.adapters.sql.updates import UpdateTx
+from iotrust.core import hardware as hw
 from iotrust.core import pki
 from iotrust.core import rollout as ro
 from iotrust.core.lifecycle import RetirementReason
@@ -71,6 +74,7 @@ from iotrust.services import (
     devices,
     domain,
     factory,
+    hardware,
     manufacturers,
     rollouts,
     tokens,
@@ -89,6 +93,10 @@ MAKER: Final = "acme-sensors"
 ROGUE: Final = "shady-works"
 VENDOR: Final = "0x1234"
 PRODUCT: Final = "sensor-1"
+MODEL: Final = "acme-sensor-s2"
+#: The hardware profile of :data:`MODEL`, shipped as package data (also
+#: ``examples/hardware/mcu-secure-element.yaml``).
+MODEL_PROFILE: Final = ("data", "hardware", "mcu-secure-element.yaml")
 INSTALL_HINT: Final = "sudo apt-get install mosquitto"
 PROCESS_TIMEOUT_S: Final = 120.0
 START_TIMEOUT_S: Final = 60.0
@@ -105,6 +113,20 @@ def mosquitto_missing() -> str | None:
     if find_dynsec_plugin() is None:
         return "the mosquitto dynamic-security plugin"
     return None
+
+
+def model_profile() -> bytes:
+    """The demo model's hardware profile (a secure-element MCU sensor)."""
+    return resources.files("iotrust.core").joinpath(*MODEL_PROFILE).read_bytes()
+
+
+def _verdict_summary(assessment: hw.Assessment) -> str:
+    """``6 feasible, 2 degraded (signed updates, rollback protection)``."""
+    counts = Counter(v.level for v in assessment.verdicts)
+    short = [v.mechanism.value.replace("_", " ") for v in assessment.verdicts
+             if v.level is not hw.Level.FEASIBLE]
+    text = ", ".join(f"{counts[level]} {level.value}" for level in hw.Level if counts[level])
+    return f"{text} ({', '.join(short)})" if short else text
 
 
 def _agent_command() -> list[str]:
@@ -314,7 +336,8 @@ class Demo:
 
     def setup(self) -> dict[str, Any]:
         """Trust domain, factory, minted devices, vouchers, broker, ingest and admin token."""
-        self._say("step", "1. A simulated factory mints the fleet; the owner imports vouchers")
+        self._say("step", "1. A simulated factory mints the fleet; the owner registers its "
+                          "model and imports vouchers")
         data = self.base / "data"
         if (data / "iotrust.db").exists():
             raise IotrustError(f"{data} already holds a trust domain; give an empty --dir",
@@ -342,7 +365,9 @@ class Demo:
         manufacturers.add_manufacturer(
             self.db, self.clock, name=MAKER, anchors_pem=(fac.path / "root.crt.pem").read_bytes(),
             allowed=[f"{VENDOR}:{PRODUCT}"], actor=ACTOR)
+        model = self._register_model()
         report = voucher_svc.import_vouchers(self.db, self.clock, vouchers, actor=ACTOR)
+        with_model = len(devices.list_devices(self.db, model=MODEL, limit=10_000))
         agents = self.base / "agents"
         self.fleet = [AgentDevice(m.serial, m.folder, agents / m.serial) for m in minted]
         self._witness = self.fleet[0]
@@ -359,9 +384,23 @@ class Demo:
         _, self.token = tokens.create_token(self.db, self.clock, name="demo-admin", role="admin",
                                             actor=ACTOR)
         return self._record("mint", {
-            "ok": len(report.imported) == self.devices and not report.refused,
+            "ok": len(report.imported) == self.devices and not report.refused
+            and with_model == self.devices,
             "minted": len(minted), "vouchers_imported": len(report.imported),
-            "broker_port": self.broker.settings.port})
+            "model": MODEL, "model_worst": model.assessment.worst.value,
+            "credential_lifetime_days": model.defaults.credential_lifetime_s // 86_400,
+            "devices_with_model": with_model, "broker_port": self.broker.settings.port})
+
+    def _register_model(self) -> hardware.RegisteredModel:
+        """``iotrust model add`` for the factory's product, before its vouchers arrive."""
+        model = hardware.register_model(self.db, self.clock, name=MODEL, manufacturer=MAKER,
+                                        profile_yaml=model_profile(), actor=ACTOR,
+                                        product_id=PRODUCT)
+        days = model.defaults.credential_lifetime_s // 86_400
+        self._say("info", f"model {MODEL} ({model.assessment.profile.key_storage.value} key "
+                          f"storage) for product {PRODUCT}: "
+                          f"{_verdict_summary(model.assessment)}; {days}-day credentials")
+        return model
 
     def _start_broker(self) -> None:
         settings = BrokerSettings(port=free_port(), services=(ingest_svc.INGEST_GRANT,))
@@ -475,7 +514,8 @@ class Demo:
         device.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         operational = DeviceFileKey.generate(device.state / "operational.key.pem")
         with httpx.Client(timeout=30.0) as http:
-            hello = build_hello(serial=device.serial, factory_chain=chain, random=os.urandom)
+            hello = build_hello(serial=device.serial, factory_chain=chain, random=os.urandom,
+                                key_storage="file")  # its keys are files, as the agents' are
             reply = self._post(http, "hello", hello.to_wire())
             reply.raise_for_status()
             session = accept_hello_response(HelloResponse.from_wire(reply.content), hello=hello,
@@ -742,15 +782,20 @@ class Demo:
         report = audit.run_audit(self.db, self.settings, self.clock, actor=ACTOR)
         for f in report.findings[:12]:
             self._say("info", f"[{f.severity.value}] {f.check_id}: {f.title}")
-        states: Counter[str] = Counter(
-            d.state.value for d in devices.list_devices(self.db, limit=10_000))
+        fleet = devices.list_devices(self.db, limit=10_000)
+        states: Counter[str] = Counter(d.state.value for d in fleet)
+        storage: Counter[str] = Counter(d.key_storage.value for d in fleet)
         self._say("info", f"devices by state: {dict(states)}")
+        self._say("info", f"key storage as recorded: {dict(storage)} (model {MODEL}'s profile "
+                          "has a secure element; these agents keep development key files, so "
+                          "weak-key-storage flags any of them given more than its own topics)")
         return self._record("audit", {
             "ok": True, "findings": [{"check": f.check_id, "severity": f.severity.value,
                                       "title": f.title, "affected": len(f.affected)}
                                      for f in report.findings],
             "by_severity": report.by_severity, "checks": len(report.runs),
-            "device_states": dict(states), "devices": sum(states.values())})
+            "device_states": dict(states), "devices": sum(states.values()),
+            "key_storage": dict(storage)})
 
 
 def _statuses(done: Finished) -> list[str]:

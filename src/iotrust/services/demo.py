@@ -10,7 +10,9 @@ by the broker service, a rotation, a retirement followed by a zombie knocking, a
 audit. Every step returns its outcome as a JSON-able dict with ``ok``; the narration goes
 through a :data:`Narrate` callback, so this module prints nothing.
 
-Processes are started in their own process groups and stopped by their pid only (:meth:`close`).
+Processes are started in their own process groups and stopped by their pid only (:meth:`close`;
+:mod:`iotrust.services.demo_processes` holds that machinery; what the demo does by hand in a
+device's place is :mod:`iotrust.services.demo_devices`).
 This module does not decide anything itself: every decision is the services' and the server's;
 it does not exit or handle signals (the CLI does).
 """
@@ -22,25 +24,17 @@ import json
 import os
 import secrets as pysecrets
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from iotrust.adapters.files import write_atomic
-from iotrust.adapters.keys.file import DeviceFileKey
-from iotrust.adapters.mqtt.client import MqttEndpoint, MqttSession
 from iotrust.adapters.mqtt.mosquitto import (
     BrokerSettings,
     MosquittoBroker,
@@ -55,18 +49,9 @@ from iotrust.core import hardware as hw
 from iotrust.core import pki
 from iotrust.core import rollout as ro
 from iotrust.core.lifecycle import RetirementReason
-from iotrust.core.onboarding import (
-    AttestResponse,
-    HelloResponse,
-    accept_attest_response,
-    accept_hello_response,
-    build_attest,
-    build_confirm,
-    build_hello,
-)
 from iotrust.core.records import TrustDomain
 from iotrust.core.updates import ReleaseInfo
-from iotrust.errors import BackendError, IotrustError, NotFoundError
+from iotrust.errors import IotrustError, NotFoundError
 from iotrust.ports import Clock, SystemClock
 from iotrust.services import (
     audit,
@@ -84,6 +69,17 @@ from iotrust.services import (
 from iotrust.services import broker as broker_svc
 from iotrust.services import ingest as ingest_svc
 from iotrust.services import vouchers as voucher_svc
+from iotrust.services.demo_devices import AgentDevice, mqtt_knock, replayed_onboarding
+from iotrust.services.demo_processes import (
+    PROCESS_TIMEOUT_S,
+    Finished,
+    IngestThread,
+    Processes,
+    agent_command,
+    refusal,
+    update_statuses,
+    wait_healthy,
+)
 from iotrust.services.domain import KeyBackend, Secrets
 from iotrust.services.settings import Settings
 
@@ -98,8 +94,6 @@ MODEL: Final = "acme-sensor-s2"
 #: ``examples/hardware/mcu-secure-element.yaml``).
 MODEL_PROFILE: Final = ("data", "hardware", "mcu-secure-element.yaml")
 INSTALL_HINT: Final = "sudo apt-get install mosquitto"
-PROCESS_TIMEOUT_S: Final = 120.0
-START_TIMEOUT_S: Final = 60.0
 DEMO_WAVES: Final = (50, 100)
 
 #: ``narrate(kind, text)``; kind is ``step``, ``info``, ``ok``, ``refused`` or ``warn``.
@@ -129,101 +123,6 @@ def _verdict_summary(assessment: hw.Assessment) -> str:
     return f"{text} ({', '.join(short)})" if short else text
 
 
-def _agent_command() -> list[str]:
-    script = Path(sys.executable).parent / "iotrust-agent"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from iotrust.agent.cli import main; main()"]
-
-
-def _refusal(stderr: str) -> str | None:
-    """The reason of an agent's ``refused: <reason>: <detail>`` line, if any."""
-    for line in reversed(stderr.strip().splitlines()):
-        if line.startswith("refused: "):
-            return line.split(": ", 2)[1]
-    return None
-
-
-@dataclass(slots=True)
-class Finished:
-    """A finished child process."""
-
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class Processes:
-    """Child processes, each in its own process group, stopped by pid."""
-
-    def __init__(self) -> None:
-        self._running: list[subprocess.Popen[str]] = []
-
-    def start(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
-              log: Path | None = None) -> subprocess.Popen[str]:
-        """Start ``argv`` (stdout/stderr to ``log``, else piped)."""
-        sink: Any = log.open("w") if log is not None else subprocess.PIPE
-        try:
-            proc = subprocess.Popen(list(argv), env=env, stdout=sink,  # noqa: S603 - our argv
-                                    stderr=subprocess.STDOUT if log is not None else sink,
-                                    text=True, start_new_session=True)
-        finally:
-            if log is not None:
-                sink.close()
-        self._running.append(proc)
-        return proc
-
-    def wait(self, proc: subprocess.Popen[str], timeout: float = PROCESS_TIMEOUT_S) -> Finished:
-        """Wait for ``proc`` (stopped if it takes longer than ``timeout``)."""
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.stop(proc)
-            stdout, stderr = proc.communicate()
-        with contextlib.suppress(ValueError):
-            self._running.remove(proc)
-        argv = [str(a) for a in proc.args] if isinstance(proc.args, list) else []
-        return Finished(argv, proc.returncode, stdout or "", stderr or "")
-
-    def run(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
-            timeout: float = PROCESS_TIMEOUT_S) -> Finished:
-        """Run ``argv`` to completion."""
-        return self.wait(self.start(argv, env=env), timeout)
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
-        """SIGTERM the process group of ``proc``, then SIGKILL after ``grace`` seconds."""
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=grace)
-
-    def stop_all(self) -> None:
-        """Stop every process still running, newest first."""
-        while self._running:
-            proc = self._running.pop()
-            self.stop(proc)
-
-
-@dataclass(slots=True)
-class AgentDevice:
-    """A minted device and (once onboarded) its agent state folder."""
-
-    serial: str
-    folder: Path
-    state: Path
-    device_id: str | None = None
-
-
 @dataclass(slots=True)
 class Demo:
     """One demo run in ``base`` (created if missing; must not hold a trust domain yet)."""
@@ -245,8 +144,7 @@ class Demo:
     _mosquitto: MosquittoProcess | None = None
     _server: subprocess.Popen[str] | None = None
     _ingest: ingest_svc.IngestService | None = None
-    _ingest_stop: threading.Event = field(default_factory=threading.Event)
-    _ingest_thread: threading.Thread | None = None
+    _ingest_thread: IngestThread = field(default_factory=IngestThread)
     _ingest_db: Database | None = None
     _witness: AgentDevice | None = None
     _rogue: AgentDevice | None = None
@@ -294,7 +192,7 @@ class Demo:
         return env
 
     def _agent(self, *args: str, timeout: float = PROCESS_TIMEOUT_S) -> Finished:
-        return self.procs.run([*_agent_command(), *args], timeout=timeout)
+        return self.procs.run([*agent_command(), *args], timeout=timeout)
 
     def _say(self, kind: str, text: str) -> None:
         self.narrate(kind, text)
@@ -307,9 +205,7 @@ class Demo:
 
     def close(self) -> None:
         """Stop ingest, every child process and the broker; close the registry."""
-        self._ingest_stop.set()
-        if self._ingest_thread is not None:
-            self._ingest_thread.join(30)
+        self._ingest_thread.stop()
         self.procs.stop_all()
         if self._mosquitto is not None:
             self._mosquitto.stop()
@@ -425,23 +321,7 @@ class Demo:
         self._ingest = ingest_svc.IngestService(
             self._ingest_db, self.clock, [ingest_svc.DatabaseSink(self._ingest_db)],
             aggregate_interval_s=1.0)
-        ready = threading.Event()
-        failed: list[BaseException] = []
-        service = self._ingest
-
-        def work() -> None:
-            try:
-                ingest_svc.run(service, endpoint, self._ingest_stop, on_ready=ready.set,
-                               client_id=f"ingest-demo-{os.urandom(3).hex()}")
-            except Exception as exc:  # noqa: BLE001 - reported to the main thread below
-                failed.append(exc)
-                ready.set()
-
-        self._ingest_thread = threading.Thread(target=work, name="demo-ingest", daemon=True)
-        self._ingest_thread.start()
-        if not ready.wait(START_TIMEOUT_S) or failed:
-            raise BackendError(f"the ingest service did not start: {failed[:1]}",
-                               reason="ingest_start_failed")
+        self._ingest_thread.start(self._ingest, endpoint)
 
     # -- 2. server and onboarding -------------------------------------------------------------
 
@@ -451,17 +331,7 @@ class Demo:
         self._server = self.procs.start(
             [sys.executable, "-m", "iotrust.cli.main", "serve", "--host", "127.0.0.1",
              "--port", port], env=self.env(), log=self.base / "server.log")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if self._server.poll() is not None:
-                raise BackendError("iotrust serve exited; see " + str(self.base / "server.log"),
-                                   reason="server_start_failed")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.server_url}/v1/health", timeout=2.0).status_code == 200:  # noqa: PLR2004
-                    return
-            if time.monotonic() > deadline:
-                raise BackendError("iotrust serve did not answer", reason="server_start_failed")
-            time.sleep(0.1)
+        wait_healthy(self._server, self.server_url, self.base / "server.log")
 
     def onboard(self) -> dict[str, Any]:
         """Start the server; onboard every device but the witness with real agent processes."""
@@ -470,7 +340,7 @@ class Demo:
         self._say("info", f"iotrust serve answers on {self.server_url}")
         started = time.perf_counter()
         agents = [d for d in self.fleet if d is not self._witness]
-        running = [(d, self.procs.start([*_agent_command(), "onboard", "--device",
+        running = [(d, self.procs.start([*agent_command(), "onboard", "--device",
                                          str(d.folder), "--state", str(d.state), "--server",
                                          self.server_url, "--insecure-first-contact", "--json"]))
                    for d in agents]
@@ -482,7 +352,7 @@ class Demo:
                 self._say("info", f"{d.serial} onboarded as {d.device_id}")
             else:
                 failures.append({"serial": d.serial, "exit": done.returncode,
-                                 "reason": _refusal(done.stderr)})
+                                 "reason": refusal(done.stderr)})
         broker_svc.sync(self.db, self.broker)  # the new ACTIVE devices' rules, now
         seconds = time.perf_counter() - started
         self._say("info", f"{len(agents) - len(failures)} devices onboarded in {seconds:.1f} s "
@@ -498,66 +368,27 @@ class Demo:
 
     # -- 3. refusals ----------------------------------------------------------------------------
 
-    def _post(self, http: httpx.Client, step: str, body: bytes) -> httpx.Response:
-        return http.post(f"{self.server_url}/v1/onboarding/{step}", content=body,
-                         headers={"content-type": "application/json"})
-
-    def _replayed_onboarding(self, device: AgentDevice) -> dict[str, Any]:
-        """The witness onboards over HTTP; its attest is sent a second time (a replay)."""
-        key = DeviceFileKey.load(device.folder / "factory.key.pem")
-        leaf = pki.load_certificate((device.folder / "factory.crt.pem").read_bytes())
-        issuing = pki.load_certificate((self.base / "factories" / MAKER / "issuing.crt.pem")
-                                       .read_bytes())
-        root = pki.load_certificate((self.base / "factories" / MAKER / "root.crt.pem")
-                                    .read_bytes())
-        chain = tuple(c.public_bytes(Encoding.DER) for c in (leaf, issuing))
-        device.state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        operational = DeviceFileKey.generate(device.state / "operational.key.pem")
-        with httpx.Client(timeout=30.0) as http:
-            hello = build_hello(serial=device.serial, factory_chain=chain, random=os.urandom,
-                                key_storage="file")  # its keys are files, as the agents' are
-            reply = self._post(http, "hello", hello.to_wire())
-            reply.raise_for_status()
-            session = accept_hello_response(HelloResponse.from_wire(reply.content), hello=hello,
-                                            manufacturer_anchors=(root,),
-                                            now=datetime.now(UTC))
-            csr = pki.build_csr(operational).public_bytes(Encoding.DER)
-            attest = build_attest(session, factory_signer=key, csr_der=csr)
-            first = self._post(http, "attest", attest.to_wire())
-            first.raise_for_status()
-            onboarded = accept_attest_response(AttestResponse.from_wire(first.content),
-                                               session=session,
-                                               csr_public_key=operational.public_key,
-                                               now=datetime.now(UTC))
-            replay = self._post(http, "attest", attest.to_wire())
-            reason = replay.json().get("reason") if replay.status_code >= 400 else None  # noqa: PLR2004
-            confirm = build_confirm(session, onboarded, operational_signer=operational)
-            self._post(http, "confirm", confirm.to_wire()).raise_for_status()
-        device.device_id = onboarded.device_id
-        (device.state / "operational.crt.pem").write_bytes(
-            onboarded.certificate.public_bytes(Encoding.PEM))
-        return {"status": replay.status_code, "reason": reason, "device_id": device.device_id}
-
     def refusals(self) -> dict[str, Any]:
         """A replayed attest, a rogue device and a clone: each refused with its reason."""
         self._say("step", "3. Attacks on onboarding: a replay, a rogue device, a clone")
         if self._witness is None or self._rogue is None:
             raise RuntimeError("the demo was not set up")
-        replay = self._replayed_onboarding(self._witness)
+        replay = replayed_onboarding(self._witness, server_url=self.server_url,
+                                     factory_dir=self.base / "factories" / MAKER)
         self._say("refused" if replay["reason"] else "warn",
                   f"replayed attest of {self._witness.serial}: HTTP {replay['status']} "
                   f"{replay['reason']} (the server nonce is single-use)")
         rogue = self._agent("onboard", "--device", str(self._rogue.folder), "--state",
                             str(self._rogue.state), "--server", self.server_url,
                             "--insecure-first-contact", "--retries", "0")
-        rogue_reason = _refusal(rogue.stderr)
+        rogue_reason = refusal(rogue.stderr)
         self._say("refused", f"rogue {self._rogue.serial} from {ROGUE}: exit {rogue.returncode}"
                              f" {rogue_reason} (no voucher, no registered manufacturer)")
         clone_state = self.base / "agents" / f"clone-of-{self._witness.serial}"
         clone = self._agent("onboard", "--device", str(self._witness.folder), "--state",
                             str(clone_state), "--server", self.server_url,
                             "--insecure-first-contact", "--retries", "0")
-        clone_reason = _refusal(clone.stderr)
+        clone_reason = refusal(clone.stderr)
         self._say("refused", f"a second device presenting {self._witness.serial}'s factory "
                              f"identity: exit {clone.returncode} {clone_reason}")
         reasons = [r for r in (replay["reason"], rogue_reason, clone_reason) if r]
@@ -587,7 +418,7 @@ class Demo:
         assert self._ingest is not None
         before = self._ingest.stats.accepted
         devices_ = [d for d in self.onboarded if d is not self._witness]
-        running = [self.procs.start([*_agent_command(), "run", "--state", str(d.state),
+        running = [self.procs.start([*agent_command(), "run", "--state", str(d.state),
                                      "--count", str(count), "--interval", "0.05"])
                    for d in devices_]
         exits = [self.procs.wait(p).returncode for p in running]
@@ -634,8 +465,8 @@ class Demo:
         failing = by_id[first_wave[0]]
         failed = self._update(failing, healthy=False)
         self._say("refused", f"{failing.serial} installs main-2, its health check fails: "
-                             f"{_statuses(failed)}")
-        others = [(d, self.procs.start([*_agent_command(), "update", "--state", str(d.state),
+                             f"{update_statuses(failed)}")
+        others = [(d, self.procs.start([*agent_command(), "update", "--state", str(d.state),
                                         "--server", self.server_url, "--insecure-http",
                                         "--hw-class", PRODUCT, "--health-hook",
                                         shutil.which("true") or "/bin/true", "--json"]))
@@ -643,7 +474,7 @@ class Demo:
         offered_later = []
         for d, proc in others:
             done = self.procs.wait(proc)
-            if d.device_id in later and _statuses(done):
+            if d.device_id in later and update_statuses(done):
                 offered_later.append(d.device_id)
         view = rollouts.status(self.db, rid)
         with self.db.transaction(readonly=True) as tx:
@@ -674,7 +505,7 @@ class Demo:
         target = self._compromised()
         peers = [d for d in self.onboarded if d is not self._witness and d is not target]
         talkers = {d.device_id: self.procs.start(
-            [*_agent_command(), "run", "--state", str(d.state), "--count", "25",
+            [*agent_command(), "run", "--state", str(d.state), "--count", "25",
              "--interval", "0.1"]) for d in [target, *peers]}
         assert target.device_id is not None
         self._until(lambda: self._stored(target.device_id) > 0, timeout=15)
@@ -723,22 +554,6 @@ class Demo:
 
     # -- 8. retirement and a zombie -----------------------------------------------------------
 
-    def _mqtt_knock(self, device: AgentDevice) -> bool:
-        """Connect with the retired device's old certificate; True if the broker refused."""
-        record = json.loads((device.state / "state.json").read_text())
-        key = Path(str(record["operational_key_ref"]).split(":", 1)[1])
-        endpoint = MqttEndpoint(host="127.0.0.1", port=self.broker.settings.port,
-                                ca_file=device.state / "ca-chain.pem",
-                                cert_file=device.state / "operational.crt.pem", key_file=key)
-        session = MqttSession(endpoint, client_id=f"{device.device_id}-knock", timeout=5.0)
-        try:
-            session.connect()
-        except IotrustError:
-            return True
-        finally:
-            session.close()
-        return False
-
     def retirement(self) -> dict[str, Any]:
         """Retire the compromised device; it knocks again and is recorded as a zombie."""
         self._say("step", "8. The compromised device is retired; then it knocks again")
@@ -749,13 +564,13 @@ class Demo:
                                    reason=RetirementReason.COMPROMISED, actor=ACTOR)
         self._say("info", f"{target.serial} retired: credentials revoked, CRL published and "
                           f"installed in {result.timings_ms.get('total', 0):.0f} ms")
-        mqtt_refused = self._mqtt_knock(target)
+        mqtt_refused = mqtt_knock(target, port=self.broker.settings.port)
         self._say("refused", f"MQTT connect with its revoked certificate: "
                              f"{'refused' if mqtt_refused else 'ACCEPTED'}")
         knock = self._agent("onboard", "--device", str(target.folder), "--state",
                             str(self.base / "agents" / f"zombie-{target.serial}"), "--server",
                             self.server_url, "--insecure-first-contact", "--retries", "0")
-        reason = _refusal(knock.stderr)
+        reason = refusal(knock.stderr)
         self._say("refused", f"onboarding hello with its factory identity: exit "
                              f"{knock.returncode} {reason}")
         log = broker_svc.broker_dir(self.settings) / "mosquitto.log"
@@ -796,16 +611,6 @@ class Demo:
             "by_severity": report.by_severity, "checks": len(report.runs),
             "device_states": dict(states), "devices": sum(states.values()),
             "key_storage": dict(storage)})
-
-
-def _statuses(done: Finished) -> list[str]:
-    """The statuses an ``iotrust-agent update --json`` run printed (empty: nothing offered)."""
-    if done.returncode != 0:
-        return [f"exit {done.returncode}"]
-    try:
-        return [str(r["status"]) for r in json.loads(done.stdout)]
-    except (ValueError, KeyError, TypeError):
-        return [f"unreadable output: {done.stdout[:80]!r}"]
 
 
 def _rollout_id(device_ids: Sequence[str]) -> tuple[str, dict[str, int]]:

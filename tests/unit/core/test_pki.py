@@ -1039,6 +1039,31 @@ class TestCrl:
         with pytest.raises(ValueError):
             pki.expired_entry_cutoff(NOW, -DAY)
 
+    def test_remembered_entries_never_go_stale(
+        self, issuing: x509.Certificate, issuing_signer: SoftSigner
+    ) -> None:
+        first = pki.build_crl(
+            issuing_signer, issuing, [pki.RevokedEntry(77, NOW - DAY)], crl_number=1,
+            this_update=NOW, next_update=NOW + DAY,
+        )
+        # the same serial with another date and a reason: built afresh, not taken from memory
+        changed = pki.RevokedEntry(77, NOW - YEAR, x509.ReasonFlags.key_compromise)
+        second = pki.build_crl(
+            issuing_signer, issuing, [changed], crl_number=2, this_update=NOW,
+            next_update=NOW + DAY,
+        )
+        (a,), (b,) = list(first), list(second)
+        assert a.revocation_date_utc == NOW - DAY
+        assert b.revocation_date_utc == NOW - YEAR
+        assert b.extensions.get_extension_for_class(x509.CRLReason).value.reason is (
+            x509.ReasonFlags.key_compromise
+        )
+        again = pki.build_crl(
+            issuing_signer, issuing, [changed], crl_number=3, this_update=NOW,
+            next_update=NOW + DAY,
+        )
+        assert next(iter(again)).revocation_date_utc == NOW - YEAR
+
     def _crl(
         self, signer: Signer, ca: x509.Certificate, **kw: object
     ) -> x509.CertificateRevocationList:

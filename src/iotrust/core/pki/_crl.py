@@ -14,6 +14,9 @@ issued in between is guaranteed, otherwise the previous one lapsed and every cer
 refused) plus a day of clock skew. A relying party that holds a CRL without the entry has a
 clock past that CRL's ``thisUpdate`` (a CRL from the future is not valid yet), so past the
 certificate's ``notAfter``: the certificate is refused as expired instead of as revoked.
+
+Built entries are remembered (bounded, pure memoisation of immutable values, no I/O), so
+re-signing a large CRL pays cryptography's per-entry builder only for the new entries.
 """
 
 from __future__ import annotations
@@ -80,6 +83,28 @@ class RevokedEntry:
             raise InputError("removeFromCRL only exists in delta CRLs", reason="invalid_crl_entry")
 
 
+#: Entries remembered between CRLs (an entry never changes once revoked): re-signing a CRL of
+#: 100,000 entries then builds only the new ones (cryptography's builder costs ≈ 15 µs each).
+_ENTRY_MEMO_MAX = 2 * MAX_CRL_ENTRIES
+_entry_memo: dict[int, tuple[RevokedEntry, x509.RevokedCertificate]] = {}
+
+
+def _revoked_certificate(entry: RevokedEntry) -> x509.RevokedCertificate:
+    """The CRL entry for ``entry`` (memoised: a pure function of an immutable value)."""
+    found = _entry_memo.get(entry.serial_number)  # an int hashes faster than the whole entry
+    if found is not None and found[0] == entry:
+        return found[1]
+    builder = (x509.RevokedCertificateBuilder().serial_number(entry.serial_number)
+               .revocation_date(entry.revoked_at))
+    if entry.reason is not None:
+        builder = builder.add_extension(x509.CRLReason(entry.reason), critical=False)
+    built = builder.build()
+    if len(_entry_memo) >= _ENTRY_MEMO_MAX:
+        _entry_memo.clear()  # bounded; the next CRL rebuilds what it needs
+    _entry_memo[entry.serial_number] = (entry, built)
+    return built
+
+
 def build_crl(
     ca_signer: Signer,
     ca_cert: x509.Certificate,
@@ -118,16 +143,7 @@ def build_crl(
             raise InputError("too many revoked certificates", reason="too_large")
         if entry.not_after is not None and entry.not_after < cutoff:
             continue  # expired long enough: refused by its validity period everywhere
-        revoked_builder = (
-            x509.RevokedCertificateBuilder()
-            .serial_number(entry.serial_number)
-            .revocation_date(entry.revoked_at)
-        )
-        if entry.reason is not None:
-            revoked_builder = revoked_builder.add_extension(
-                x509.CRLReason(entry.reason), critical=False
-            )
-        entries.append(revoked_builder.build())
+        entries.append(_revoked_certificate(entry))
     # One constructor call: the builder's add_revoked_certificate copies its whole list on every
     # call, which made a 100,000-entry CRL quadratic (40 s).
     aki = context.authority_key_identifier

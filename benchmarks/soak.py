@@ -693,7 +693,9 @@ def run(*, minutes: float, devices: int, threads: int, workers: int, sqlite: boo
         "database": "sqlite" if sqlite else "postgresql", "setup_s": round(setup_s, 1),
         "mqtt": ({"publishers": publishers, "publish_rate_per_s": publish_rate,
                   "burst": BURST, "connection": "one TLS connection per burst",
-                  "messages": len(ledger.sent)} if mqtt else "not exercised (--no-mqtt)"),
+                  "messages": len(ledger.sent),
+                  "messages_per_s": round(len(ledger.sent) / max(elapsed, 1e-9), 1)}
+                 if mqtt else "not exercised (--no-mqtt)"),
         "operations": rows,
         "total_requests": sum(r["count"] for r in rows),
         "total_errors": sum(r["errors"] for r in rows) + ingest.get("errors", 0),

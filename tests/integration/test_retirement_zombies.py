@@ -138,11 +138,15 @@ def test_retire_one_among_many_refused_everywhere_and_recorded(tmp_path: Path) -
             assert [d.state for d in done] == [DeviceState.RETIRED]
             assert clients[victim_serial].wait(
                 lambda: bool(clients[victim_serial].disconnects), 5.0)
+            # paho reconnects a kicked client on its own, and with TLS 1.3 a refused handshake can
+            # look complete to the client, whose loop then retries too: every such retry is a
+            # real refused contact, so stop each client of the victim before counting
+            clients[victim_serial].close()
             attempts = []
             for _ in range(3):
                 again = BoundClient(tb.port, broker.layout.ca, victim, bind=addr[victim_serial])
-                tb.clients.append(again)
                 attempts.append(again.connect())
+                again.close()
             refused_after = time.monotonic() - start
             assert attempts == [False, False, False]
             assert refused_after < 5.0
@@ -158,6 +162,9 @@ def test_retire_one_among_many_refused_everywhere_and_recorded(tmp_path: Path) -
                 time.sleep(0.2)
                 refusals += zombies.scan_broker_log(db, CLOCK, log,
                                                     state_dir=broker.layout.root).refusals
+            time.sleep(1.0)  # let the log catch up with any retry made before a close
+            refusals += zombies.scan_broker_log(db, CLOCK, log,
+                                                state_dir=broker.layout.root).refusals
             assert refusals >= 3
             # a second scan reads nothing twice
             assert zombies.scan_broker_log(db, CLOCK, log,
@@ -177,8 +184,9 @@ def test_retire_one_among_many_refused_everywhere_and_recorded(tmp_path: Path) -
                       .to_wire(), source=addr[victim_serial])
         assert rinfo.value.reason == "retired"
         summary = {z.identity: z for z in zombies.list_zombies(db)}[victim.name]
-        assert summary.channels == {"broker": 3, "onboarding": 2, "rotation": 1}
-        assert summary.count == 6
+        # each refused handshake in the broker's log is one contact: at least the three made here
+        assert summary.channels == {"broker": refusals, "onboarding": 2, "rotation": 1}
+        assert summary.count == refusals + 3
         assert all(z.identity == victim.name for z in zombies.list_zombies(db))
 
         # openssl agrees with the registry

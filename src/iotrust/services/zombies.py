@@ -198,6 +198,7 @@ def scan_broker_log(db: Database, clock: Clock, log_path: Path, *,
     offset = int(state.get("offset") or 0)
     if state.get("inode") != st.st_ino or st.st_size < offset:
         offset = 0
+        state["pending"] = []  # a new log: its connections start afresh
     with log_path.open("rb") as fh:
         fh.seek(offset)
         chunk = fh.read(MAX_SCAN_BYTES)
@@ -205,7 +206,8 @@ def scan_broker_log(db: Database, clock: Clock, log_path: Path, *,
     text = chunk[:end].decode("utf-8", errors="replace")
     addresses: dict[str, str] = dict(state["addresses"])
     logins = refusals = recorded = unattributed = 0
-    facts = list(parse_mosquitto_log(text.splitlines()))
+    pending = [p for p in state.get("pending") or () if isinstance(p, str)][-64:]
+    facts = list(parse_mosquitto_log(text.splitlines(), pending))
     with db.transaction() as tx:
         for fact in facts:
             if isinstance(fact, BrokerLogin):
@@ -233,6 +235,7 @@ def scan_broker_log(db: Database, clock: Clock, log_path: Path, *,
         addresses = dict(list(addresses.items())[-_MAX_ADDRESSES:])
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(state_path, json.dumps({"offset": offset + end, "inode": st.st_ino,
-                                         "addresses": addresses}).encode(), mode=0o600)
+                                         "addresses": addresses, "pending": pending}).encode(),
+                 mode=0o600)
     return ScanReport(logins=logins, refusals=refusals, recorded=recorded,
                       unattributed=unattributed)

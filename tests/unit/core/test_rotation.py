@@ -129,10 +129,29 @@ def test_mosquitto_log_refusals_are_paired_with_their_address() -> None:
         "1795633515: OpenSSL Error[0]: error:0A000086:SSL routines::certificate verify failed",
         "1795633515: Client <unknown> disconnected: Protocol error.",
         "garbage line",
+        # a handshake refused inside accept() (seen with Mosquitto 2.0.11 right after a reload)
+        ("1795633516: Client connection from 127.0.0.11 failed: error:0A000086:SSL "
+         "routines::certificate verify failed."),
+        "1795633516: Client connection from 127.0.0.12 failed: Connection reset by peer.",
     ]
     facts = list(parse_mosquitto_log(lines))
     assert isinstance(facts[0], BrokerLogin)
     assert facts[0].username == "dev-aaaaaaaaaaaaaaaaaaaaaaaaaa"
     assert isinstance(facts[1], BrokerRefusal)
     assert facts[1].address == "127.0.0.10"
-    assert len(facts) == 2
+    assert isinstance(facts[2], BrokerRefusal)
+    assert facts[2].address == "127.0.0.11"
+    assert len(facts) == 3
+
+
+def test_mosquitto_log_refusal_pairs_with_a_connection_from_the_previous_scan() -> None:
+    pending: list[str] = []
+    first = list(parse_mosquitto_log(
+        ["1795633515: New connection from 127.0.0.10:54527 on port 57703."], pending))
+    assert first == []
+    assert pending == ["127.0.0.10:54527"]
+    second = list(parse_mosquitto_log(
+        ["1795633515: OpenSSL Error[0]: error:0A000086:SSL routines::certificate verify failed"],
+        pending))
+    assert [f.address for f in second if isinstance(f, BrokerRefusal)] == ["127.0.0.10"]
+    assert pending == []

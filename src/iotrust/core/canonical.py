@@ -35,34 +35,50 @@ _QUOTE: Final = ord('"')
 _BACKSLASH: Final = ord("\\")
 
 
+#: Exact types passed through as they are (subclasses take the slower checks below).
+_SCALARS: Final = frozenset({str, int, bool, type(None)})
+_SURROGATE: Final = "string is not valid Unicode (lone surrogate)"
+
+
 def _plain(value: object, depth: int) -> object:
-    """``value`` as plain ``dict``/``list`` JSON, refusing what canonical JSON cannot carry."""
+    """``value`` as plain ``dict``/``list`` JSON, refusing what canonical JSON cannot carry.
+
+    Strings are not checked here: every key and string lands in the encoded text, whose one
+    UTF-8 encoding in :func:`canonical_json` refuses lone surrogates.
+    """
     if depth > MAX_ENCODE_DEPTH:
         raise ValueError(f"value nests deeper than {MAX_ENCODE_DEPTH} levels")
-    if value is None or isinstance(value, bool | int):
+    kind = type(value)
+    if kind in _SCALARS:
         return value
-    if isinstance(value, str):
-        _check_text(value)
+    # exact containers first (the common case), then the general rules in their order
+    if kind is dict:
+        return _plain_mapping(value, depth)  # type: ignore[arg-type]
+    if kind is list or kind is tuple:
+        return _plain_items(value, depth)  # type: ignore[arg-type]
+    if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, list | tuple):
-        return [_plain(item, depth + 1) for item in value]
+        return _plain_items(value, depth)
     if isinstance(value, Mapping):
-        result: dict[str, object] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"canonical JSON object keys must be str, not {type(key).__name__}")
-            _check_text(key)
-            result[key] = _plain(item, depth + 1)
-        return result
+        return _plain_mapping(value, depth)
     raise TypeError(f"canonical JSON cannot carry a {type(value).__name__}")
 
 
-def _check_text(text: str) -> None:
-    """Refuse strings that have no UTF-8 form (lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("string is not valid Unicode (lone surrogate)") from None
+def _plain_items(value: list[object] | tuple[object, ...], depth: int) -> list[object]:
+    if depth < MAX_ENCODE_DEPTH:  # a scalar item is returned as is (no deeper level checked)
+        return [item if type(item) in _SCALARS else _plain(item, depth + 1) for item in value]
+    return [_plain(item, depth + 1) for item in value]
+
+
+def _plain_mapping(value: Mapping[object, object], depth: int) -> dict[str, object]:
+    shallow = depth < MAX_ENCODE_DEPTH
+    result: dict[str, object] = {}
+    for key, item in value.items():
+        if type(key) is not str and not isinstance(key, str):
+            raise TypeError(f"canonical JSON object keys must be str, not {type(key).__name__}")
+        result[key] = item if shallow and type(item) in _SCALARS else _plain(item, depth + 1)
+    return result
 
 
 def canonical_json(value: object) -> bytes:
@@ -72,9 +88,13 @@ def canonical_json(value: object) -> bytes:
         TypeError: ``value`` contains a float, set, bytes, non-``str`` key or any other type.
         ValueError: a string is not valid Unicode, or the value nests too deeply.
     """
-    return json.dumps(
+    text = json.dumps(
         _plain(value, 1), ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
-    ).encode("utf-8")
+    )
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(_SURROGATE) from None
 
 
 class _RejectedError(ValueError):

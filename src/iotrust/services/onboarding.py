@@ -70,6 +70,7 @@ from iotrust.core.onboarding.server import (
     new_session,
     nonce_sha256,
     precheck_attest,
+    read_chain_identity,
     session_record_id,
 )
 from iotrust.core.records import Manufacturer, OnboardingSession, SessionState, TrustDomain
@@ -639,7 +640,7 @@ class OnboardingService:
 def _claimed_identity(req: HelloRequest) -> tuple[str | None, str | None]:
     """The manufacturer and factory key the (not yet verified) leaf certificate claims."""
     try:
-        ident = pki.read_factory_identity(load_chain_certificate(req.factory_chain[0]))
+        ident = read_chain_identity(load_chain_certificate(req.factory_chain[0]))
     except InputError:
         return None, None
     return ident.manufacturer, ident.spki_sha256

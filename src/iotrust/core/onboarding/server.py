@@ -164,6 +164,17 @@ def load_chain_certificate(der: bytes) -> x509.Certificate:
     return pki.load_certificate(der)
 
 
+@functools.lru_cache(maxsize=64)
+def read_chain_identity(leaf: x509.Certificate) -> pki.FactoryIdentity:
+    """:func:`iotrust.core.pki.read_factory_identity` of a hello's leaf, remembered per leaf.
+
+    It reads, it does not verify. The service's look-up and :func:`check_hello` read the same
+    leaf (one object from :func:`load_chain_certificate`) once between them. Failures
+    (``InputError``) are not remembered.
+    """
+    return pki.read_factory_identity(leaf)
+
+
 def _load_chain(req: HelloRequest) -> tuple[x509.Certificate, list[x509.Certificate]]:
     try:
         certs = [load_chain_certificate(der) for der in req.factory_chain]
@@ -241,7 +252,7 @@ def check_hello(
 
 def _read_identity(leaf: x509.Certificate) -> pki.FactoryIdentity:
     try:
-        return pki.read_factory_identity(leaf)
+        return read_chain_identity(leaf)
     except InputError as exc:
         raise refuse(r.CHAIN_INVALID, "the leaf is not a factory certificate",
                      detail=exc.reason) from exc

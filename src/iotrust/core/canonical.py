@@ -172,8 +172,10 @@ def parse_json_object(data: bytes, *, max_bytes: int, max_depth: int = 8) -> dic
         if not isinstance(value, dict):
             raise _RejectedError("the top level must be a JSON object")
         # Lone surrogates (``"\ud800"``) decode but have no UTF-8 form: refuse them here so that
-        # everything this returns can be re-encoded canonically.
-        _plain(value, 1)
+        # everything this returns can be re-encoded canonically. Strict UTF-8 decoding refuses
+        # encoded surrogates, so only a ``\u`` escape can make one.
+        if "\\u" in text:
+            canonical_json(value)
     except (ValueError, RecursionError) as exc:
         raise InputError(f"malformed JSON: {_describe(exc)}", reason="malformed_json") from None
     return value

@@ -12,6 +12,7 @@ have no counterpart in a self-hosted fleet.
 
 iotrust's own: ``key-reused``, ``config-copied`` (:mod:`iotrust.core.audit_config`),
 ``unsafe-manufacturer-trust``, ``weak-key-storage``,
+``key-storage-underused`` (:mod:`iotrust.core.audit_storage`),
 ``zombies``, ``dormant-devices``, ``hardware-lifetime``, ``blast-radius``,
 ``rollout-lagging``, ``withdrawn-release``.
 
@@ -42,7 +43,8 @@ from iotrust.core.audit_keys import (
     is_p256_certificate,
 )
 from iotrust.core.audit_reach import Reach, blast_radius, effective_for
-from iotrust.core.policy import DEFAULT_POLICY, Action, Policy, Rule, filter_covers
+from iotrust.core.audit_storage import KeyStorageUnderused, beyond_default_rules
+from iotrust.core.policy import Action, Policy, Rule, filter_covers
 from iotrust.errors import InputError
 
 __all__ = ["ALL_CHECKS", "blast_ranking", "check_by_id"]
@@ -508,19 +510,6 @@ class UnsafeManufacturerTrust:
                           "quarantine them")
 
 
-def _beyond_default(rule: Rule) -> bool:
-    if rule.shared:
-        return True
-    mine = rule.template.replace("{device_id}", _SYMBOLIC)
-    return not any(d.action is rule.action and filter_covers(
-        d.template.replace("{device_id}", _SYMBOLIC), mine) for d in DEFAULT_POLICY.rules)
-
-
-def _sensitive(policy: Policy) -> list[str]:
-    """Rules beyond the default policy's own-topic rules (shared or extra topics)."""
-    return [f"{r.action.value} {r.template}" for r in policy.rules if _beyond_default(r)]
-
-
 class WeakKeyStorage:
     """Permissions beyond the default policy held with weak keys.
 
@@ -543,7 +532,7 @@ class WeakKeyStorage:
             if not (weak or model_barred) or not ps.policies:
                 continue
             effective = effective_for(ps.policies, ps.state, stored)
-            extra = _sensitive(effective) if effective is not None else []
+            extra = beyond_default_rules(effective) if effective is not None else []
             if not extra:
                 continue
             sample = tuple(d for d in ps.sample if d not in skip)
@@ -746,7 +735,8 @@ ALL_CHECKS: Final[tuple[Check, ...]] = (
     CredentialShared(), KeyReused(), ConfigCopied(), WeakDeviceKey(), WeakCaKey(),
     RevokedStillTrusted(), CaExpiring(), CredentialExpiring(), CredentialAge(),
     ConflictingClientIds(), PolicyOverlyPermissive(), PolicyMisreadable(), BlastRadius(),
-    WeakKeyStorage(), UnsafeManufacturerTrust(), Zombies(), DormantDevices(), HardwareLifetime(),
+    WeakKeyStorage(), KeyStorageUnderused(), UnsafeManufacturerTrust(), Zombies(),
+    DormantDevices(), HardwareLifetime(),
     RolloutLagging(), WithdrawnRelease(), EventLogIntegrity(),
 )
 

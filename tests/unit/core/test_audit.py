@@ -387,6 +387,31 @@ def test_weak_key_storage() -> None:
     assert len(found) == 2  # weak storage, and a model without a profile barred by default
 
 
+def test_key_storage_underused() -> None:
+    se, bare = _model("se", "mcu-secure-element.yaml"), _model("bare", "class1-mcu.yaml")
+    bad = MemorySnapshot(policies_={"spy": SPY}, models_=[se, bare], sets=[
+        PolicySet((), "active", "file", "se", 3, (D1,)),
+        PolicySet(("spy",), "active", "software", "se", 1, (D2,)),
+        PolicySet((), "quarantined", "unknown", "se", 2, (D3,)),
+        PolicySet((), "retired", "file", "se", 9, ())])
+    good = MemorySnapshot(policies_={"spy": SPY}, models_=[se, bare], sets=[
+        PolicySet(("spy",), "active", "pkcs11", "se", 3, (D1,)),
+        PolicySet((), "active", "secure_element", "se", 2, (D2,)),
+        PolicySet((), "expected", "unknown", "se", 5, ()),
+        PolicySet(("spy",), "active", "file", "bare", 4, (D3,)),
+        PolicySet((), "active", "file", None, 4, (D3,))])
+    found = {f.severity: f for f in _pair("key-storage-underused", bad, good)}
+    assert set(found) == {Severity.HIGH, Severity.MEDIUM, Severity.LOW}
+    assert found[Severity.MEDIUM].affected == (D1,)
+    assert found[Severity.MEDIUM].evidence["recorded_key_storage"] == {"file": 3}
+    assert found[Severity.MEDIUM].evidence["profile_key_storage"] == "secure_element"
+    assert found[Severity.HIGH].affected == (D2,)
+    assert found[Severity.HIGH].evidence["beyond_default"]
+    assert found[Severity.LOW].evidence["count"] == 2
+    # the file device on hardware without secure storage is weak-key-storage's, not this one's
+    assert run("weak-key-storage", good)[0].affected == (D3,)
+
+
 def test_unsafe_manufacturer_trust() -> None:
     bad = MemorySnapshot(manufacturers_=[ManufacturerRow("acme", True, False, 3)],
                          devices=[Dev(D1, unsafe_admission=True)])

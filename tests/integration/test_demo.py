@@ -87,6 +87,10 @@ def test_demo_fast_tells_the_whole_story(tmp_path: Path) -> None:  # noqa: PLR09
     assert [(f["severity"], f["affected"]) for f in hardware] == [("medium", 1)]
     assert MODEL in hardware[0]["title"]
     assert "weak-key-storage" not in {f["check"] for f in audit["findings"]}  # own topics only
+    # ... but the hardware could have kept those keys in its secure element
+    underused = [f for f in audit["findings"] if f["check"] == "key-storage-underused"]
+    assert [f["severity"] for f in underused] == ["medium"]
+    assert f"model {MODEL}: {FAST_DEVICES - 1} device(s) keep keys in file" in underused[0]["title"]
 
     # the registry the demo left behind says the same
     db = Database.open(f"sqlite:///{folder / 'data' / 'iotrust.db'}")

@@ -603,7 +603,8 @@ class Demo:
         self._say("info", f"devices by state: {dict(states)}")
         self._say("info", f"key storage as recorded: {dict(storage)} (model {MODEL}'s profile "
                           "has a secure element; these agents keep development key files, so "
-                          "weak-key-storage flags any of them given more than its own topics)")
+                          "key-storage-underused reports the shortcut, and weak-key-storage "
+                          "flags any of them given more than its own topics)")
         return self._record("audit", {
             "ok": True, "findings": [{"check": f.check_id, "severity": f.severity.value,
                                       "title": f.title, "affected": len(f.affected)}

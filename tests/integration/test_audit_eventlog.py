@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import text
 from tests.integration.audit_fleet import AuditFleet, clean_fleet
 from tests.integration.pg import fresh_postgres_database
 
+from iotrust.api.app import create_app
 from iotrust.core.audit import Finding
 from iotrust.core.audit_eventlog import CHECKPOINT_KEY
 from iotrust.core.events import EventDraft, chain_next
 from iotrust.core.records import EventHead, EventRow
 from iotrust.services import audit as svc
-from iotrust.services import audit_report, eventlog
+from iotrust.services import audit_report, eventlog, tokens
 
 ACTOR = "tests@audit"
 CHECK = "event-log-integrity"
@@ -179,6 +181,28 @@ def test_cli_full_and_the_report_say_how_the_log_was_verified(tmp_path: Path) ->
     page = audit_report.build_html(fleet.db, fleet.settings, fleet.clock, report)
     assert 'id="event-log-verification"' in page
     assert f"from the checkpoint at record {report.event_log['since_seq']}" in page
+
+
+def test_api_full_verifies_the_whole_chain(tmp_path: Path) -> None:
+    fleet = clean_fleet(tmp_path)
+    _audit(fleet)  # a recorded audit leaves the checkpoint the incremental run starts from
+    token = tokens.create_token(fleet.db, fleet.clock, name="audit-api", role="auditor",
+                                actor=ACTOR)[1]
+    client = TestClient(create_app(fleet.settings, clock=fleet.clock, secrets=fleet.secrets,
+                                   db=fleet.db))
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def mode(**params: str) -> str:
+        got = client.get("/v1/audit", params={"check": CHECK, **params}, headers=auth)
+        assert got.status_code == 200, got.text
+        return str(got.json()["event_log"]["mode"])
+
+    assert mode() == "incremental"
+    assert mode(full="true") == "full"
+    assert mode(full="false") == "incremental"
+    bad = client.get("/v1/audit", params={"full": "maybe"}, headers=auth)
+    assert bad.status_code == 422
+    assert {"error", "reason", "detail"} <= set(bad.json())
 
 
 @pytest.mark.postgres

@@ -2,7 +2,9 @@
 
 ``GET /v1/audit`` runs the checks (``?check=ID`` repeatable) in one read-only transaction and
 returns the report as JSON (``iotrust.audit/v1``); being a GET it records nothing (the scheduled
-``iotrust audit`` records ``audit.completed``). ``POST /v1/audit/suppressions`` records a
+``iotrust audit`` records ``audit.completed``). ``?full=true`` verifies the whole event-log chain
+rather than only what was appended since the last recorded audit's checkpoint, as
+``iotrust audit --full`` does. ``POST /v1/audit/suppressions`` records a
 suppression with the token's name as the actor; ``GET /v1/audit/suppressions`` lists them.
 Handlers only translate between HTTP and :mod:`iotrust.services.audit`.
 
@@ -43,9 +45,10 @@ def router(state: "AppState", require: Callable[[str], Callable[..., ApiToken]])
 
     @r.get("")
     def run(_: Reader,
-            check: Annotated[list[str] | None, Query(max_length=32)] = None) -> dict[str, Any]:
+            check: Annotated[list[str] | None, Query(max_length=32)] = None,
+            full: bool = False) -> dict[str, Any]:
         report = svc.run_audit(state.db, state.settings, state.clock, actor="api@iotrust",
-                               checks=check or None, record=False)
+                               checks=check or None, record=False, full_event_log=full)
         return report.as_dict()
 
     @r.get("/suppressions")

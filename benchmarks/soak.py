@@ -91,6 +91,9 @@ BURST = 5
 #: A device publishes only this long after its onboarding confirmation: the server applies the
 #: new device's broker rules asynchronously (``api.onboarding.BROKER_RESYNC_S``, coalesced).
 ONBOARD_SETTLE_S = 3.0
+#: Each HTTP thread opens a new keep-alive connection after this many operations: connections
+#: opened once at the start can all land on one worker (seen: one of two idle for 20 minutes).
+RECONNECT_EVERY = 100
 
 
 @dataclass(slots=True)
@@ -603,6 +606,24 @@ def _loop(end: float, stop: threading.Event, step: Any, pace_s: float = 0.0) -> 
                 next_at = time.monotonic()
 
 
+def _http_worker(driver: Driver, url: str, end: float, stop: threading.Event) -> None:
+    steps = 0
+
+    def step() -> bool:
+        nonlocal steps
+        steps += 1
+        if steps % RECONNECT_EVERY == 0:  # a new connection may land on another worker
+            driver.http.close()
+            driver.http = httpx.Client(base_url=url, timeout=60.0)
+        driver.step()
+        return True
+
+    try:
+        _loop(end, stop, step)
+    finally:
+        driver.http.close()
+
+
 def _drive(opts: Options, setup: Setup, *, url: str, proc: subprocess.Popen[bytes],
            side: soak_mqtt.MqttSide | None, pool: Pool, stats: Stats,
            ledger: soak_mqtt.Ledger) -> tuple[float, list[dict[str, Any]]]:
@@ -615,12 +636,8 @@ def _drive(opts: Options, setup: Setup, *, url: str, proc: subprocess.Popen[byte
     end = start + opts.minutes * 60
 
     def worker(seed: int) -> None:
-        driver = Driver(url, setup.admin_token, pool, stats, seed, identities=identities)
-        with driver.http:
-            def step() -> bool:
-                driver.step()
-                return True
-            _loop(end, stop, step)
+        _http_worker(Driver(url, setup.admin_token, pool, stats, seed, identities=identities),
+                     url, end, stop)
 
     def publisher(seed: int) -> None:
         assert side is not None

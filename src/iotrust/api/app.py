@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from iotrust import __version__
+from iotrust.adapters.memory import limit_malloc_arenas
 from iotrust.adapters.sql.store import Database
 from iotrust.api import audit as audit_api
 from iotrust.api import broker_hooks, dashboard, lifecycle, limits, onboarding, operators, updates
@@ -126,6 +127,7 @@ def require(permission: str) -> Callable[..., ApiToken]:
 
 def app_from_environment() -> FastAPI:
     """The uvicorn factory used by ``iotrust serve``: settings and secrets from the environment."""
+    limit_malloc_arenas()  # before the thread pool starts (see iotrust.adapters.memory)
     settings = Settings.from_environment()
     return create_app(settings, secrets=secrets_from_environment(settings))
 

@@ -17,7 +17,7 @@ an audit verify only what was appended since the last one:
   than the checkpoint). Anything unexpected returns ``None``: the caller then verifies the whole
   log with :func:`iotrust.core.events.verify_chain`, which classifies every break.
 * **A full run** is :func:`verify_since` with no checkpoint (from record 1 and the genesis hash:
-  one linear pass, record hashes computed without re-validating the stored fields), and
+  one linear pass, each record hashed by :func:`iotrust.core.events.record_hash`), and
   ``verify_chain`` only when that pass fails.
 * **What it cannot see.** A record *older* than the checkpoint edited in place (with or without
   a recomputed hash) is only found by a full verification; so is a consistent rewrite of the
@@ -31,11 +31,10 @@ This module does no I/O and reads no clock.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final
 
 from iotrust.core.events import (
@@ -104,34 +103,9 @@ def checkpoint_from(row: EventRow) -> Checkpoint | None:
     return Checkpoint(head, row.seq, full_at)
 
 
-def _fast_hash(row: EventRow) -> str | None:
-    """``record_hash(row)`` without re-validating the fields (about twice as fast).
-
-    The preimage is built as :mod:`iotrust.core.events` builds it (canonical JSON is
-    ``json.dumps`` with sorted keys, no whitespace, UTF-8); ``None`` when it cannot be encoded.
-    """
-    u = row.at.astimezone(UTC)
-    at = (f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
-          f".{u.microsecond:06d}Z")
-    try:
-        preimage = json.dumps({"seq": row.seq, "at": at, "kind": row.kind, "actor": row.actor,
-                               "device_id": row.device_id, "reason": row.reason,
-                               "data": row.data, "prev_hash": row.prev_hash},
-                              ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-                              allow_nan=False).encode("utf-8")
-    except (UnicodeEncodeError, TypeError, ValueError):
-        return None
-    return hashlib.sha256(preimage).hexdigest()
-
-
 def _intact(row: EventRow) -> bool:
-    """Whether ``row``'s content hashes to its stored hash.
-
-    A match of the fast hash is conclusive (equal SHA-256 means equal preimages, and a JSON
-    text decodes to one value, so the content is what the writer hashed); a mismatch is
-    decided by :func:`iotrust.core.events.record_hash`, the reference.
-    """
-    return _fast_hash(row) == row.hash or record_hash(row) == row.hash
+    """Whether ``row``'s content hashes to its stored hash (:func:`record_hash`, the reference)."""
+    return record_hash(row) == row.hash
 
 
 def verify_since(checkpoint: EventHead | None, rows: Iterable[EventRow], *,

@@ -17,13 +17,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from iotrust.adapters.files import write_atomic
-from iotrust.cli.common import STATE, emit, emit_object, err, errors, out
+from iotrust.cli.common import STATE, emit, emit_object, errors, out
+from iotrust.cli.policy import resync_hook
 from iotrust.core import hardware as hw
-from iotrust.errors import InputError, IotrustError
+from iotrust.errors import InputError
 from iotrust.ports import SystemClock
-from iotrust.services import broker as broker_svc
 from iotrust.services import hardware as svc
-from iotrust.services.policies import PolicyChange
 
 app = typer.Typer(help="Hardware profiles: what trust a device model can sustain.",
                   no_args_is_help=True)
@@ -151,22 +150,6 @@ def model_show(name: str, json_out: bool = JsonOption) -> None:
                      **d.as_dict()})
 
 
-def _resync_broker(_change: PolicyChange) -> None:
-    """Regenerate the embedded broker's rules, if the data folder configures a broker."""
-    try:
-        broker = broker_svc.open_broker(STATE.settings, CLOCK)
-        if broker is None:
-            return
-        try:
-            broker_svc.sync(STATE.db(), broker)
-        finally:
-            broker.close()
-    except IotrustError as exc:
-        err.print(f"[yellow]warning:[/] the model is stored but the broker was not updated "
-                  f"({escape(exc.diagnostics())}); it applies when the broker is next "
-                  "configured or started", highlight=False)
-
-
 def set_model_cmd(
     device_id: str = typer.Argument(..., help="Device id."),
     model: str = typer.Argument(..., help="A registered model of the device's manufacturer."),
@@ -180,7 +163,7 @@ def set_model_cmd(
     STATE.json = STATE.json or json_out
     with errors():
         result = svc.set_device_model(STATE.db(), CLOCK, device_id, model, actor=STATE.actor(),
-                                      changed=_resync_broker)
+                                      changed=resync_hook("the model"))
         d = result.device
         emit_object({"id": d.id, "model": d.model, "previous_model": result.previous,
                      "changed": result.changed, "product_id": d.product_id,

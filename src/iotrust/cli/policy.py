@@ -37,8 +37,11 @@ _SHARED = typer.Option(False, "--shared", help="Mark the rules shared: they may 
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 
-def _resync() -> ChangeHook:
-    """A change hook that regenerates the embedded broker's rules, if a broker is configured."""
+def resync_hook(stored: str = "the change") -> ChangeHook:
+    """A change hook that regenerates the embedded broker's rules, if a broker is configured.
+
+    ``stored`` names what was stored, for the warning when the broker could not be updated.
+    """
 
     def hook(_change: PolicyChange) -> None:
         try:
@@ -50,7 +53,7 @@ def _resync() -> ChangeHook:
             finally:
                 broker.close()
         except IotrustError as exc:
-            err.print(f"[yellow]warning:[/] the change is stored but the broker was not updated "
+            err.print(f"[yellow]warning:[/] {stored} is stored but the broker was not updated "
                       f"({escape(exc.diagnostics())}); it applies when the broker is next "
                       "configured or started", highlight=False)
 
@@ -77,7 +80,7 @@ def create(name: str, publish: list[str] = _PUBLISH, subscribe: list[str] = _SUB
     with errors():
         rules = policies.rules_from_templates(publish, subscribe, shared=shared)
         record = policies.create(STATE.db(), CLOCK, name, rules, actor=STATE.actor(),
-                                 changed=_resync())
+                                 changed=resync_hook())
         emit_object(_policy_dict(record))
 
 
@@ -88,7 +91,7 @@ def update(name: str, publish: list[str] = _PUBLISH, subscribe: list[str] = _SUB
     with errors():
         rules = policies.rules_from_templates(publish, subscribe, shared=shared)
         record = policies.update(STATE.db(), CLOCK, name, rules, actor=STATE.actor(),
-                                 changed=_resync())
+                                 changed=resync_hook())
         emit_object(_policy_dict(record))
 
 
@@ -128,10 +131,10 @@ def assign(name: str,
         db = STATE.db()
         if model is not None:
             policies.assign_to_model(db, CLOCK, name, model, actor=STATE.actor(),
-                                     changed=_resync())
+                                     changed=resync_hook())
         elif group is not None:
             policies.assign_to_group(db, CLOCK, name, group, actor=STATE.actor(),
-                                     changed=_resync())
+                                     changed=resync_hook())
         emit_object({"policy": name, "model": model, "group": group})
 
 
@@ -141,7 +144,7 @@ def group_add(group: str, device_ids: list[str] = typer.Argument(..., metavar="D
     """Put devices in a group (the group is created if needed)."""
     with errors():
         added = policies.add_to_group(STATE.db(), CLOCK, group, device_ids,
-                                      actor=STATE.actor(), changed=_resync())
+                                      actor=STATE.actor(), changed=resync_hook())
         emit_object({"group": group, "added": added,
                      "already_members": [d for d in dict.fromkeys(device_ids)
                                          if d not in added]})
@@ -153,7 +156,7 @@ def group_remove(group: str, device_ids: list[str] = typer.Argument(..., metavar
     """Take devices out of a group."""
     with errors():
         removed = policies.remove_from_group(STATE.db(), CLOCK, group, device_ids,
-                                             actor=STATE.actor(), changed=_resync())
+                                             actor=STATE.actor(), changed=resync_hook())
         emit_object({"group": group, "removed": removed})
 
 

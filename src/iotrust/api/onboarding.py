@@ -160,19 +160,10 @@ async def _resync_broker_forever(state: AppState, resync: _Resync) -> None:
         await asyncio.sleep(BROKER_RESYNC_S)
         pending.clear()
         try:
-            await _in_thread(functools.partial(_resync_broker, state))
+            await _in_thread(functools.partial(broker_svc.sync_configured, state.db,
+                                               state.settings, state.clock))
         except IotrustError as exc:  # the next confirmation (or `iotrust broker sync`) retries
             _log.warning("broker resync after onboarding failed: %s", exc.reason)
-
-
-def _resync_broker(state: AppState) -> None:
-    broker = broker_svc.open_broker(state.settings, state.clock)
-    if broker is None:
-        return
-    try:
-        broker_svc.sync(state.db, broker)
-    finally:
-        broker.close()
 
 
 async def _sweep_forever(service: OnboardingService, calls: _Calls, interval_s: float) -> None:

@@ -183,9 +183,7 @@ def router(  # noqa: C901 - one closure per route, each trivial
     def set_model(token: Writer, device_id: str, body: ModelIn) -> DeviceOut:
         def resync(_change: PolicyChange) -> None:
             try:
-                with _broker(state) as broker:
-                    if broker is not None:
-                        broker_svc.sync(state.db, broker)
+                broker_svc.sync_configured(state.db, state.settings, state.clock)
             except IotrustError as exc:  # stored; `iotrust broker sync` or the next change
                 _log.warning("broker resync after a model change failed: %s", exc.reason)
 

@@ -45,13 +45,7 @@ def resync_hook(stored: str = "the change") -> ChangeHook:
 
     def hook(_change: PolicyChange) -> None:
         try:
-            broker = broker_svc.open_broker(STATE.settings, CLOCK)
-            if broker is None:
-                return
-            try:
-                broker_svc.sync(STATE.db(), broker)
-            finally:
-                broker.close()
+            broker_svc.sync_configured(STATE.db(), STATE.settings, CLOCK)
         except IotrustError as exc:
             err.print(f"[yellow]warning:[/] {stored} is stored but the broker was not updated "
                       f"({escape(exc.diagnostics())}); it applies when the broker is next "

@@ -109,6 +109,21 @@ def sync(db: Database, broker: BrokerControl) -> None:
         broker.apply_policies(access_entries(db), default=default_access())
 
 
+def sync_configured(db: Database, settings: Settings, clock: Clock) -> bool:
+    """:func:`sync` the data folder's broker, if one is configured (``False`` if none is).
+
+    Raises the broker's ``IotrustError`` when it could not be updated (the change stays stored).
+    """
+    broker = open_broker(settings, clock)
+    if broker is None:
+        return False
+    try:
+        sync(db, broker)
+    finally:
+        broker.close()
+    return True
+
+
 @dataclass(slots=True)
 class Containment:
     """What a containment action did and how long each step took (milliseconds)."""

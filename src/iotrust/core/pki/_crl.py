@@ -15,12 +15,16 @@ refused) plus a day of clock skew. A relying party that holds a CRL without the 
 clock past that CRL's ``thisUpdate`` (a CRL from the future is not valid yet), so past the
 certificate's ``notAfter``: the certificate is refused as expired instead of as revoked.
 
-Built entries are remembered (bounded, pure memoisation of immutable values, no I/O), so
-re-signing a large CRL pays cryptography's per-entry builder only for the new entries.
+Built entries are remembered (pure memoisation of immutable values, no I/O), so re-signing a
+large CRL pays cryptography's per-entry builder only for the new entries. What is remembered is,
+per issuing CA, exactly the entries of the last CRL built for it: an entry that leaves the CRL
+(expired, or its CA no longer published) is forgotten with the next CRL, so the memo never holds
+more than the CRLs in force (see :data:`MEMO_MAX_CAS` and :data:`MEMO_MAX_ENTRIES`).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -83,26 +87,61 @@ class RevokedEntry:
             raise InputError("removeFromCRL only exists in delta CRLs", reason="invalid_crl_entry")
 
 
-#: Entries remembered between CRLs (an entry never changes once revoked): re-signing a CRL of
-#: 100,000 entries then builds only the new ones (cryptography's builder costs ≈ 15 µs each).
-_ENTRY_MEMO_MAX = 2 * MAX_CRL_ENTRIES
-_entry_memo: dict[int, tuple[RevokedEntry, x509.RevokedCertificate]] = {}
+#: Issuing CAs whose last CRL's entries are remembered (the least recently built CA goes first).
+MEMO_MAX_CAS = 16
+#: Remembered entries of all CAs together (≈ 0.5 KiB each); the CA just built is always kept, the
+#: least recently built others go first. One CRL holds at most :data:`MAX_CRL_ENTRIES`.
+MEMO_MAX_ENTRIES = MAX_CRL_ENTRIES
+
+_Built = dict[int, tuple[RevokedEntry, x509.RevokedCertificate]]
 
 
-def _revoked_certificate(entry: RevokedEntry) -> x509.RevokedCertificate:
-    """The CRL entry for ``entry`` (memoised: a pure function of an immutable value)."""
-    found = _entry_memo.get(entry.serial_number)  # an int hashes faster than the whole entry
-    if found is not None and found[0] == entry:
-        return found[1]
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    """The entries of one CA's last CRL, and that CRL's ``nextUpdate``."""
+
+    next_update: datetime
+    built: _Built
+
+
+#: Per issuing CA (issuer name DER, key identifier), the entries of its last CRL: re-signing a
+#: CRL of 100,000 entries then builds only the new ones (cryptography's builder costs ≈ 15 µs
+#: each). Insertion order is build order. Replaced whole, never grown, so it follows the CRLs.
+_memo: dict[tuple[bytes, bytes | None], _Remembered] = {}
+_memo_lock = threading.Lock()
+
+
+def _build_entry(entry: RevokedEntry) -> x509.RevokedCertificate:
+    """The CRL entry for ``entry`` (cryptography's builder: ≈ 15 µs)."""
     builder = (x509.RevokedCertificateBuilder().serial_number(entry.serial_number)
                .revocation_date(entry.revoked_at))
     if entry.reason is not None:
         builder = builder.add_extension(x509.CRLReason(entry.reason), critical=False)
-    built = builder.build()
-    if len(_entry_memo) >= _ENTRY_MEMO_MAX:
-        _entry_memo.clear()  # bounded; the next CRL rebuilds what it needs
-    _entry_memo[entry.serial_number] = (entry, built)
-    return built
+    return builder.build()
+
+
+def _remember(key: tuple[bytes, bytes | None], this_update: datetime,
+              remembered: _Remembered) -> None:
+    """Keep ``remembered`` as ``key``'s entries; forget CAs no longer published, then the oldest.
+
+    A CA whose last CRL's ``nextUpdate`` is before this CRL's ``thisUpdate`` was not re-signed in
+    time to stay valid: it is no longer published (retired, or another domain in a test).
+    """
+    with _memo_lock:
+        _memo.pop(key, None)
+        for other in [k for k, r in _memo.items() if r.next_update < this_update]:
+            del _memo[other]
+        _memo[key] = remembered  # the most recently built: last in order
+        total = sum(len(r.built) for r in _memo.values())
+        while len(_memo) > 1 and (len(_memo) > MEMO_MAX_CAS or total > MEMO_MAX_ENTRIES):
+            oldest = next(iter(_memo))
+            total -= len(_memo.pop(oldest).built)
+
+
+def memo_sizes() -> dict[tuple[bytes, bytes | None], int]:
+    """Remembered entries per issuing CA key (issuer name DER, key identifier); for tests."""
+    with _memo_lock:
+        return {k: len(r.built) for k, r in _memo.items()}
 
 
 def build_crl(
@@ -133,20 +172,30 @@ def build_crl(
     if isinstance(crl_number, bool) or not 0 <= crl_number <= MAX_SERIAL_NUMBER:
         raise InputError("CRL number must be in 0..2**159-1", reason="invalid_crl_number")
     cutoff = expired_entry_cutoff(this_update, expired_entry_margin)
-    seen: set[int] = set()
+    aki = context.authority_key_identifier
+    key = (context.issuer_name.public_bytes(), aki.key_identifier)
+    with _memo_lock:
+        previous = _memo.get(key)
+    known: _Built = previous.built if previous is not None else {}
+    built: _Built = {}  # this CRL's entries only: what the memo keeps for this CA
+    left_out: set[int] = set()  # expired long enough
     entries: list[x509.RevokedCertificate] = []
     for entry in revoked:
-        if entry.serial_number in seen:
+        serial = entry.serial_number
+        if serial in built or serial in left_out:
             raise InputError("a serial number is listed twice", reason="duplicate_serial")
-        seen.add(entry.serial_number)
-        if len(seen) > MAX_CRL_ENTRIES:
+        if len(built) + len(left_out) >= MAX_CRL_ENTRIES:
             raise InputError("too many revoked certificates", reason="too_large")
         if entry.not_after is not None and entry.not_after < cutoff:
-            continue  # expired long enough: refused by its validity period everywhere
-        entries.append(_revoked_certificate(entry))
+            left_out.add(serial)  # expired long enough: refused by its validity period everywhere
+            continue
+        found = known.get(serial)  # an int hashes faster than the whole entry
+        if found is None or (found[0] is not entry and found[0] != entry):
+            found = (entry, _build_entry(entry))  # new, or the same serial with other values
+        built[serial] = found
+        entries.append(found[1])
     # One constructor call: the builder's add_revoked_certificate copies its whole list on every
     # call, which made a 100,000-entry CRL quadratic (40 s).
-    aki = context.authority_key_identifier
     builder = x509.CertificateRevocationListBuilder(
         issuer_name=context.issuer_name,
         last_update=this_update,
@@ -157,7 +206,9 @@ def build_crl(
         ],
         revoked_certificates=entries,
     )
-    return sign_builder(builder, ca_signer)
+    crl = sign_builder(builder, ca_signer)
+    _remember(key, this_update, _Remembered(next_update=next_update, built=built))
+    return crl
 
 
 def check_crl(crl: x509.CertificateRevocationList, ca_cert: x509.Certificate, at: datetime) -> None:

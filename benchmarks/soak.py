@@ -1,7 +1,7 @@
 """Soak test: a fleet of simulated devices against ``iotrust serve --workers N`` for a fixed time.
 
 ``make soak`` (``python -m benchmarks.soak [--minutes 10] [--devices 2000] [--sqlite]
-[--no-mqtt] [--publish-rate 40]``):
+[--no-mqtt] [--publish-rate 40] [--churn-minutes M]``):
 
 * a real supply chain is made first (factory, minted devices, vouchers imported into a fresh
   trust domain on a fresh PostgreSQL database from ``scripts/postgres.sh``, dropped at the end;
@@ -14,6 +14,10 @@
   :mod:`iotrust.core.onboarding` and :mod:`iotrust.core.rotation`) and operator actions with an
   admin token (quarantine, release, retire). Each device is held by one thread at a time, so a
   request is only refused when the server is wrong or a limit is hit;
+* with ``--churn-minutes M`` the revocation churn levels off: rotation and retirement (each
+  revokes a credential, so the CRL and the registry grow) happen only during the first ``M``
+  minutes; afterwards onboarding (while devices remain), quarantine, release, reads and
+  publishing go on, and the memory verdict judges only that steady phase;
 * publisher threads take devices too (active, quarantined or retired) and publish bursts of
   signed telemetry (COSE_Sign1, per-device counter) over mutual TLS with the device's current
   credential, one connection per burst, paced to ``--publish-rate`` messages/s. An active
@@ -21,7 +25,8 @@
   handshake (CRL); a device that rotated must be refused with its previous credential. At the
   end every accepted message must be stored by ingest, and nothing else;
 * the RSS of every process (server supervisor and workers, broker, ingest) is sampled every
-  10 s and judged bounded or growing (:mod:`benchmarks.soak_memory`);
+  10 s, with the size of the broker's CRL, dynamic-security and ACL files, and judged bounded or
+  growing (:mod:`benchmarks.soak_memory`);
 * at the end the registry is checked: no ACTIVE device without exactly one ACTIVE credential, no
   credential without its ``credential.issued`` event, and the event chain verifies.
 
@@ -83,6 +88,9 @@ RSS_EVERY_S = 10.0
 PAGE = 10_000
 #: Operation weights once devices are onboarded (onboarding is chosen while devices remain).
 WEIGHTS = {"rotate": 6, "quarantine": 2, "release": 2, "retire": 1, "read": 3}
+#: The operations that revoke a credential (left out after ``--churn-minutes``).
+CHURN = ("rotate", "retire")
+STEADY_WEIGHTS = {op: w for op, w in WEIGHTS.items() if op not in CHURN}
 #: Refusals that are an expected answer, not an error (op -> HTTP statuses); none so far.
 EXPECTED: dict[str, set[int]] = {}
 #: Which devices a publish burst takes (the rest of the mix acts on them meanwhile).
@@ -169,10 +177,16 @@ class Pool:
     active: list[Live] = field(default_factory=list)
     quarantined: list[Live] = field(default_factory=list)
     retired: list[Live] = field(default_factory=list)
+    drained_at: float | None = None  # time.monotonic() when the last fresh device was taken
 
     def take_fresh(self) -> SimulatedDevice | None:
         with self.lock:
-            return self.fresh.pop() if self.fresh else None
+            if self.fresh:
+                device = self.fresh.pop()
+                if not self.fresh:
+                    self.drained_at = time.monotonic()
+                return device
+            return None
 
     def take(self, rng: random.Random, which: str) -> Live | None:
         with self.lock:
@@ -324,11 +338,12 @@ class Driver:
     """One thread's HTTP client plus the shared pool and statistics."""
 
     def __init__(self, url: str, token: str, pool: Pool, stats: Stats, seed: int, *,
-                 identities: Path | None = None) -> None:
+                 identities: Path | None = None, churn_until: float = float("inf")) -> None:
         self.http = httpx.Client(base_url=url, timeout=60.0)
         self.admin = {"authorization": f"Bearer {token}"}
         self.pool, self.stats, self.rng = pool, stats, random.Random(seed)
         self.identities = identities  # where devices keep their TLS files (None: no MQTT)
+        self.churn_until = churn_until  # time.monotonic() after which nothing is revoked
 
     def call(self, op: str, path: str, body: bytes | None = None, *,
              operator: bool = False, method: str = "POST") -> httpx.Response | None:
@@ -427,7 +442,8 @@ class Driver:
             if live is not None:
                 self.pool.give(live)
             return
-        op = self.rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
+        weights = WEIGHTS if time.monotonic() < self.churn_until else STEADY_WEIGHTS
+        op = self.rng.choices(list(weights), weights=list(weights.values()))[0]
         if op == "read":
             self.call("operator.list", "/v1/devices?limit=50", operator=True, method="GET")
             return
@@ -589,6 +605,7 @@ class Options:
     mqtt: bool = True
     publishers: int = 8
     publish_rate: float = 40.0  # messages per second, all publishers together
+    churn_minutes: float | None = None  # rotate and retire only this long (None: all along)
 
 
 def _loop(end: float, stop: threading.Event, step: Any, pace_s: float = 0.0) -> None:
@@ -630,13 +647,17 @@ def _drive(opts: Options, setup: Setup, *, url: str, proc: subprocess.Popen[byte
     """Run the device, operator and publisher threads until the time is up; (seconds, RSS)."""
     rss: list[dict[str, Any]] = []
     others = {} if side is None else {"broker": side.broker_pid, "ingest": side.ingest.pid}
+    files = {} if side is None else side.files
     identities = setup.settings.data_dir.parent / "devices" if side is not None else None
     stop = threading.Event()
     start = time.monotonic()
     end = start + opts.minutes * 60
+    churn_until = (float("inf") if opts.churn_minutes is None
+                   else start + opts.churn_minutes * 60)
 
     def worker(seed: int) -> None:
-        _http_worker(Driver(url, setup.admin_token, pool, stats, seed, identities=identities),
+        _http_worker(Driver(url, setup.admin_token, pool, stats, seed, identities=identities,
+                            churn_until=churn_until),
                      url, end, stop)
 
     def publisher(seed: int) -> None:
@@ -647,7 +668,8 @@ def _drive(opts: Options, setup: Setup, *, url: str, proc: subprocess.Popen[byte
     def sampler() -> None:
         while True:
             rss.append({"t_s": round(time.monotonic() - start, 1),
-                        "mib": soak_memory.sample(proc.pid, others)})
+                        "mib": soak_memory.sample(proc.pid, others),
+                        "bytes": soak_memory.file_sizes(files)})
             if stop.wait(RSS_EVERY_S):
                 return
 
@@ -665,15 +687,29 @@ def _drive(opts: Options, setup: Setup, *, url: str, proc: subprocess.Popen[byte
     elapsed = time.monotonic() - start
     stop.set()
     sample.join()
+    if pool.drained_at is not None:
+        pool.drained_at -= start  # from now on: seconds into the run
     return elapsed, rss
+
+
+def _file_growth(rss: list[dict[str, Any]], since_s: float) -> dict[str, Any]:
+    """The broker files' sizes: first sample, first of the judged phase, last sample."""
+    if not rss or not rss[0].get("bytes"):
+        return {}
+    steady = next((s for s in rss if s["t_s"] >= since_s), rss[-1])
+    return {label: {"first": rss[0]["bytes"][label], "steady_first": steady["bytes"][label],
+                    "last": rss[-1]["bytes"][label]} for label in rss[0]["bytes"]}
 
 
 def run(*, minutes: float, devices: int, threads: int, workers: int, sqlite: bool,
         out: Path | None, mqtt: bool = True, publishers: int = 8,
-        publish_rate: float = 40.0) -> dict[str, Any]:
+        publish_rate: float = 40.0, churn_minutes: float | None = None) -> dict[str, Any]:
     """Run the soak and return the report (also written to ``out`` unless ``None``)."""
+    if churn_minutes is not None and not 0 <= churn_minutes < minutes:
+        raise ValueError("--churn-minutes must be in [0, --minutes)")
     opts = Options(minutes=minutes, devices=devices, threads=threads, workers=workers,
-                   sqlite=sqlite, mqtt=mqtt, publishers=publishers, publish_rate=publish_rate)
+                   sqlite=sqlite, mqtt=mqtt, publishers=publishers, publish_rate=publish_rate,
+                   churn_minutes=churn_minutes)
     if mqtt and (why := soak_mqtt.missing()) is not None:
         raise RuntimeError(f"{why} (run with --no-mqtt to soak without publishing)")
     ledger = soak_mqtt.Ledger()
@@ -703,10 +739,13 @@ def run(*, minutes: float, devices: int, threads: int, workers: int, sqlite: boo
                               ledger, soak_mqtt.stored_messages(database_url), changes)}
             invariants = check_invariants(database_url)
     rows = stats.table()
-    memory = soak_memory.verdicts(rss)
+    since_s = 0.0 if churn_minutes is None else churn_minutes * 60
+    memory = soak_memory.verdicts(rss, since_s)
     report = {
         "minutes": minutes, "elapsed_s": round(elapsed, 1), "devices": devices,
-        "threads": threads, "workers": workers,
+        "threads": threads, "workers": workers, "churn_minutes": churn_minutes,
+        "onboarding_done_s": (None if pool.drained_at is None
+                              else round(pool.drained_at, 1)),
         "database": "sqlite" if sqlite else "postgresql", "setup_s": round(setup_s, 1),
         "mqtt": ({"publishers": publishers, "publish_rate_per_s": publish_rate,
                   "burst": BURST, "connection": "one TLS connection per burst",
@@ -717,7 +756,9 @@ def run(*, minutes: float, devices: int, threads: int, workers: int, sqlite: boo
         "total_requests": sum(r["count"] for r in rows),
         "total_errors": sum(r["errors"] for r in rows) + ingest.get("errors", 0),
         "ingest": ingest,
-        "rss": {"every_s": RSS_EVERY_S, "verdicts": memory,
+        "rss": {"every_s": RSS_EVERY_S, "judged_from_s": since_s, "verdicts": memory,
+                "broker_files_bytes": _file_growth(rss, since_s),
+                "load_average": list(os.getloadavg()),
                 "bounded": all(v["verdict"] != "growing" for v in memory.values()),
                 "samples": rss},
         "pool_at_end": {"never_onboarded": len(pool.fresh), "active": len(pool.active),
@@ -732,6 +773,32 @@ def run(*, minutes: float, devices: int, threads: int, workers: int, sqlite: boo
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def _print_memory(report: dict[str, Any]) -> None:
+    """The RSS part of the table."""
+    judged = report["rss"]["judged_from_s"]
+    if judged:
+        print(f"churn (rotate, retire) stopped at {judged:.0f} s; onboarding done at "
+              f"{report['onboarding_done_s']} s. RSS every {report['rss']['every_s']:.0f} s "
+              "(MiB): run's first → last (max); then the STEADY PHASE only (after churn): "
+              "its first, middle third → last third mean; slope over its second half")
+    else:
+        print(f"RSS every {report['rss']['every_s']:.0f} s (MiB): first → last (max); middle "
+              "third → last third mean; slope over the second half")
+    for label, v in report["rss"]["verdicts"].items():
+        line = f"  {label:<24}{v['first_mib']} → {v['last_mib']} ({v['max_mib']})"
+        if "steady_first_mib" in v:
+            line += f"; steady from {v['steady_first_mib']}"
+        if "growth_mib" in v:
+            line += (f"; {v['middle_third_mean_mib']} → {v['last_third_mean_mib']} "
+                     f"({v['growth_mib']:+} MiB, tolerance {v['tolerance_mib']}); "
+                     f"{v['slope_second_half_mib_per_hour']:+} MiB/h")
+        print(f"{line}: {v['verdict'].upper()}")
+    for label, size in report["rss"]["broker_files_bytes"].items():
+        print(f"  {label:<24}{size['first']} → {size['steady_first']} → {size['last']} bytes "
+              "(first → steady phase's first → last)")
+    print(f"load average at the end: {report['rss']['load_average']}")
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -757,15 +824,7 @@ def print_report(report: dict[str, Any]) -> None:
         for k in ("not_stored_without_a_state_change", "stored_but_should_be_refused"):
             if ing[k]:
                 print(f"    {k}: {ing[k][:5]}")
-    print(f"RSS every {report['rss']['every_s']:.0f} s (MiB): first → last (max); middle third "
-          "→ last third mean; slope over the second half")
-    for label, v in report["rss"]["verdicts"].items():
-        line = f"  {label:<24}{v['first_mib']} → {v['last_mib']} ({v['max_mib']})"
-        if "growth_mib" in v:
-            line += (f"; {v['middle_third_mean_mib']} → {v['last_third_mean_mib']} "
-                     f"({v['growth_mib']:+} MiB, tolerance {v['tolerance_mib']}); "
-                     f"{v['slope_second_half_mib_per_hour']:+} MiB/h")
-        print(f"{line}: {v['verdict'].upper()}")
+    _print_memory(report)
     inv = report["invariants"]
     print(f"registry: {inv['devices_by_state']}, {inv['credentials']} credentials, "
           f"{inv['events']} events; invariants {'OK' if inv['ok'] else 'VIOLATED'}")
@@ -788,11 +847,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="publisher threads (= devices connected at once, at most)")
     parser.add_argument("--publish-rate", type=float, default=40.0,
                         help="messages per second, all publishers together")
+    parser.add_argument("--churn-minutes", type=float, default=None,
+                        help="rotate and retire only during the first M minutes, then judge "
+                             "memory over the steady phase")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
     report = run(minutes=args.minutes, devices=args.devices, threads=args.threads,
                  workers=args.workers, sqlite=args.sqlite, out=args.out, mqtt=not args.no_mqtt,
-                 publishers=args.publishers, publish_rate=args.publish_rate)
+                 publishers=args.publishers, publish_rate=args.publish_rate,
+                 churn_minutes=args.churn_minutes)
     print_report(report)
     print(f"written to {args.out}")
     ok = (report["invariants"]["ok"] and report["total_errors"] == 0

@@ -10,6 +10,12 @@ least-squares slope over the second half in MiB per hour. A series is **bounded*
 last third is at most ``max(2 MiB, 2 %)`` above the middle third *and* the slope, extended
 over the second half, adds no more than that; otherwise **growing**; with fewer than nine
 samples it is **too short** to say.
+
+With ``since_s`` (``soak --churn-minutes``), :func:`verdicts` judges only the samples taken from
+then on (the steady phase, once revocations stopped growing the CRL); ``first_mib`` stays the
+run's first sample, ``steady_first_mib`` is the first one judged. :func:`file_sizes` samples the
+broker's files that grow with the registry (CRL, dynamic-security configuration, ACL), so a
+growing broker can be told apart from a growing configuration.
 """
 
 from __future__ import annotations
@@ -77,6 +83,17 @@ def sample(serve_pid: int, others: dict[str, int]) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
+def file_sizes(files: dict[str, Path]) -> dict[str, int]:
+    """Size in bytes of each labelled file right now (0 when it is missing)."""
+    out = {}
+    for label, path in files.items():
+        try:
+            out[label] = path.stat().st_size
+        except OSError:
+            out[label] = 0
+    return out
+
+
 def verdict(points: list[tuple[float, float]]) -> dict[str, Any]:
     """Judge one series of ``(seconds, MiB)`` samples (see the module docstring)."""
     n = len(points)
@@ -102,10 +119,26 @@ def verdict(points: list[tuple[float, float]]) -> dict[str, Any]:
             "verdict": "bounded" if bounded else "growing"}
 
 
-def verdicts(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A verdict per process label and for their total (``samples``: ``t_s`` and ``mib``)."""
+def verdicts(samples: list[dict[str, Any]], since_s: float = 0.0) -> dict[str, dict[str, Any]]:
+    """A verdict per process label and for their total (``samples``: ``t_s`` and ``mib``).
+
+    Only the samples at ``t_s >= since_s`` are judged (see the module docstring).
+    """
     labels = sorted({label for s in samples for label in s["mib"]})
-    out = {label: verdict([(s["t_s"], s["mib"][label]) for s in samples if label in s["mib"]])
-           for label in labels}
-    out["total"] = verdict([(s["t_s"], round(sum(s["mib"].values()), 1)) for s in samples])
+    judged = [s for s in samples if s["t_s"] >= since_s]
+
+    def series(label: str | None, of: list[dict[str, Any]]) -> list[tuple[float, float]]:
+        if label is None:
+            return [(s["t_s"], round(sum(s["mib"].values()), 1)) for s in of]
+        return [(s["t_s"], s["mib"][label]) for s in of if label in s["mib"]]
+
+    out = {}
+    for label in [*labels, None]:
+        whole, steady = series(label, samples), series(label, judged)
+        v = verdict(steady)
+        if since_s > 0:
+            v = {**v, "steady_first_mib": v["first_mib"], "since_s": since_s,
+                 "first_mib": whole[0][1] if whole else None,
+                 "max_mib": max((m for _, m in whole), default=None)}
+        out[label or "total"] = v
     return out

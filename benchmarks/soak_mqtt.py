@@ -89,6 +89,8 @@ class MqttSide:
     broker_pid: int
     ingest: subprocess.Popen[bytes]
     ingest_stats: dict[str, Any] = field(default_factory=dict)
+    #: The broker's files that grow with the registry (sampled with the RSS: label -> path).
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def _ingest_env(settings: Settings, passphrase: bytes) -> dict[str, str]:
@@ -120,7 +122,10 @@ def broker_and_ingest(settings: Settings, passphrase: bytes) -> Iterator[MqttSid
                 [sys.executable, "-m", "iotrust.cli.main", "--json", "ingest", "run"],
                 env=_ingest_env(settings, passphrase), stdout=sink, stderr=err)
         side = MqttSide(port=broker.settings.port, ca_file=broker.layout.ca,
-                        broker_pid=process.proc.pid if process.proc else 0, ingest=ingest)
+                        broker_pid=process.proc.pid if process.proc else 0, ingest=ingest,
+                        files={"broker.crl": broker.layout.crl,
+                               "broker.dynsec": broker.layout.dynsec,
+                               "broker.acl": broker.layout.acl})
         try:
             deadline = time.monotonic() + 60
             while b"subscribed" not in log.read_bytes():

@@ -45,6 +45,19 @@ def _sent(counter: int, sealed_ms: int, *, expect: bool = True,
     return soak_mqtt.Sent("dev-a", counter, sealed_ms, expect, answer)
 
 
+def test_verdicts_judge_only_the_steady_phase_after_churn() -> None:
+    # climbing while revocations grow the CRL (first 400 s), flat afterwards
+    values = [100.0 + 0.5 * i for i in range(40)] + [120.0, 120.3, 119.8] * 8
+    samples = [{"t_s": 10.0 * i, "mib": {"serve.worker.1": v}} for i, v in enumerate(values)]
+    assert soak_memory.verdicts(samples)["serve.worker.1"]["verdict"] == "growing"
+    steady = soak_memory.verdicts(samples, since_s=400.0)["serve.worker.1"]
+    assert steady["verdict"] == "bounded"
+    assert steady["samples"] == 24
+    assert steady["first_mib"] == 100.0  # the run's first sample
+    assert steady["steady_first_mib"] == 120.0
+    assert steady["max_mib"] == 120.3
+
+
 def test_ingest_report_excuses_only_messages_followed_by_a_change() -> None:
     ledger = soak_mqtt.Ledger()
     for item in (_sent(0, 1_000), _sent(1, 2_000), _sent(2, 100_000),

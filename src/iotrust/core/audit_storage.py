@@ -39,15 +39,15 @@ from iotrust.core.audit_keys import Severity
 from iotrust.core.audit_reach import effective_for
 from iotrust.core.hardware import PROTECTED_STORAGE, STORAGE_NAMES
 from iotrust.core.lifecycle import DeviceState, KeyStorage
+from iotrust.core.onboarding.key_storage import SOFTWARE_STORAGE
 from iotrust.core.policy import DEFAULT_POLICY, Policy, Rule, filter_covers
 
 __all__ = ["UNUSED_HARDWARE_STORAGE", "KeyStorageUnderused", "beyond_default_rules"]
 
 _SYMBOLIC: Final = "dev-" + "a" * 26
 
-#: Recorded key storage that does not use protected hardware.
-UNUSED_HARDWARE_STORAGE: Final = frozenset({KeyStorage.NONE.value, KeyStorage.FILE.value,
-                                            KeyStorage.SOFTWARE.value})
+#: Recorded key storage that does not use protected hardware (as values stored in the registry).
+UNUSED_HARDWARE_STORAGE: Final = frozenset(s.value for s in SOFTWARE_STORAGE)
 _STATES: Final = frozenset({DeviceState.ACTIVE.value, DeviceState.QUARANTINED.value})
 
 

@@ -34,7 +34,9 @@ from iotrust.core.lifecycle import KeyStorage
 from iotrust.core.onboarding.messages import KEY_STORAGE_CLAIMS
 
 _WEAK: Final = frozenset({KeyStorage.NONE, KeyStorage.FILE})
-_SOFT: Final = _WEAK | {KeyStorage.SOFTWARE}
+#: Recorded values that do not use protected hardware (no key, a key file, a software store).
+SOFTWARE_STORAGE: Final = _WEAK | {KeyStorage.SOFTWARE}
+_SOFT: Final = SOFTWARE_STORAGE
 
 #: Which claims each hardware key storage can back.
 PROFILE_ALLOWS: Final[Mapping[HardwareKeyStorage, frozenset[KeyStorage]]] = {

@@ -1,9 +1,12 @@
 """Issuing, revoking and publishing: operational credentials and the CRL.
 
 Issuance checks the CSR (signature, P-256, key never seen before), sets the subject itself and
-records the credential, the key and an event in the caller's transaction. ``publish_crl`` builds a
-CRL from the registry, verifies it, and replaces the published file atomically: a garbage, empty
-or missing CRL at a broker reload fails open, so nothing unverified is ever written.
+records the credential, the key and an event in the caller's transaction; onboarding builds the
+certificate before its write transaction (:meth:`Issuer.build`) and records it inside
+(:meth:`Issuer.record`), so the signing does not hold the database's write lock.
+``publish_crl`` builds a CRL from the registry, verifies it, and replaces the published file
+atomically: a garbage, empty or missing CRL at a broker reload fails open, so nothing unverified
+is ever written.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from iotrust.core import events as ev
 from iotrust.core import pki
 from iotrust.core.lifecycle import CredentialState
 from iotrust.core.records import CertificateAuthority, Credential
+from iotrust.errors import ConflictError
 from iotrust.ports import Clock
 from iotrust.services import eventlog, faults
 from iotrust.services.domain import Secrets, active_issuing_ca, crl_url_for, require_domain
@@ -39,6 +43,15 @@ _REASONS = {
     "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
     "affiliation_changed": x509.ReasonFlags.affiliation_changed,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A certificate built and signed but not recorded: not a credential until recorded."""
+
+    credential: Credential
+    certificate: x509.Certificate
+    ca: CertificateAuthority
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,30 +109,74 @@ class Issuer:
         ``public_key`` must come from :func:`iotrust.core.pki.check_csr` (proof of possession,
         P-256), as onboarding's ``check_attest`` does; everything after that check is the same:
         the key is recorded (``ConflictError(key_reused)`` if ever seen), the certificate issued,
-        the credential stored and the event recorded, all within ``tx``.
+        the credential stored and the event recorded, all within ``tx``. It is :meth:`build`
+        then :meth:`record` in one transaction.
         """
         spki = pki.spki_sha256(public_key)
         now = self._clock.now()
         tx.record_key(spki, "credential", device_id, now)  # ConflictError key_reused if seen
         ca = active_issuing_ca(tx)
-        ctx = self.context(ca)
         if crl_url is None:
             crl_url = crl_url_for(require_domain(tx), ca.id)
+        built = self.build(ca, device_id=device_id, public_key=public_key, lifetime=lifetime,
+                           crl_url=crl_url, now=now)
+        return self._store(tx, built, actor=actor)
+
+    def build(
+        self,
+        ca: CertificateAuthority,
+        *,
+        device_id: str,
+        public_key: ec.EllipticCurvePublicKey,
+        lifetime: timedelta = DEFAULT_CREDENTIAL_LIFETIME,
+        crl_url: str | None,
+        now: datetime | None = None,
+    ) -> Built:
+        """Build and sign a certificate for a checked key, *outside* any transaction.
+
+        Nothing is recorded: the result is only a credential once :meth:`record` stored it in
+        a committed transaction; a built certificate that is never recorded must be discarded
+        (never handed out). ``ca`` is the active issuing CA the caller read (``record`` checks
+        it is still the active one), ``crl_url`` what the certificate names as its CRL
+        (``None``: none), ``public_key`` as for :meth:`issue_for_key`.
+        """
+        now = self._clock.now() if now is None else now
         serial = pki.new_serial_number(os.urandom(20))
-        cert = ctx.issue_device(device_id=device_id, public_key=public_key, serial_number=serial,
-                                not_before=now - timedelta(minutes=5), lifetime=lifetime,
-                                crl_url=crl_url)
+        cert = self.context(ca).issue_device(
+            device_id=device_id, public_key=public_key, serial_number=serial,
+            not_before=now - timedelta(minutes=5), lifetime=lifetime, crl_url=crl_url)
+        spki = pki.spki_sha256(public_key)
         cred = Credential(
             serial_number=f"{serial:x}", device_id=device_id, subject=device_id, spki_sha256=spki,
             issuer_ca_id=ca.id, not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc, state=CredentialState.ISSUED,
             certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
             revoked_at=None, revocation_reason=None, created_at=now)
+        return Built(credential=cred, certificate=cert, ca=ca)
+
+    def record(self, tx: Tx, built: Built, *, actor: str) -> Issued:
+        """Record a :meth:`build` result within ``tx``: key, credential and event.
+
+        ``ConflictError(key_reused)`` if the key was ever seen (recorded first, so nothing else
+        is written), ``ConflictError(issuing_ca_changed)`` if ``built.ca`` is no longer the
+        active issuing CA (build again from the current one).
+        """
+        cred = built.credential
+        tx.record_key(cred.spki_sha256, "credential", cred.device_id, cred.created_at)
+        if active_issuing_ca(tx).id != built.ca.id:
+            raise ConflictError("the issuing CA changed since the certificate was built",
+                                reason="issuing_ca_changed")
+        return self._store(tx, built, actor=actor)
+
+    def _store(self, tx: Tx, built: Built, *, actor: str) -> Issued:
+        cred = built.credential
         tx.add_credential(cred)
-        eventlog.record(tx, self._clock, ev.CREDENTIAL_ISSUED, actor=actor, device_id=device_id,
-                        data={"serial": cred.serial_number, "ca": ca.id,
-                              "not_after": cred.not_after.isoformat(), "spki_sha256": spki})
-        return Issued(credential=cred, certificate=cert, ca=ca)
+        eventlog.record(tx, self._clock, ev.CREDENTIAL_ISSUED, actor=actor,
+                        device_id=cred.device_id,
+                        data={"serial": cred.serial_number, "ca": built.ca.id,
+                              "not_after": cred.not_after.isoformat(),
+                              "spki_sha256": cred.spki_sha256})
+        return Issued(credential=cred, certificate=built.certificate, ca=built.ca)
 
 
 def revoke_credential(tx: Tx, clock: Clock, serial_hex: str, *, reason: str, actor: str) -> bool:

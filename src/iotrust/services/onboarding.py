@@ -38,10 +38,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from iotrust.adapters.sql.store import Database, Tx
+from iotrust.adapters.sql.store import Database, SessionBinding, Tx
 from iotrust.core import events as ev
 from iotrust.core import hardware as hw
 from iotrust.core import lifecycle, pki
@@ -60,11 +61,13 @@ from iotrust.core.onboarding.messages import (
 from iotrust.core.onboarding.reasons import refuse
 from iotrust.core.onboarding.server import (
     MAX_SESSION_TTL_SECONDS,
+    AttestDecision,
     HelloDecision,
     ManufacturerTrust,
     check_attest,
     check_confirm,
     check_hello,
+    check_live_session,
     hello_response,
     load_chain_certificate,
     new_session,
@@ -73,18 +76,33 @@ from iotrust.core.onboarding.server import (
     read_chain_identity,
     session_record_id,
 )
-from iotrust.core.records import Manufacturer, OnboardingSession, SessionState, TrustDomain
+from iotrust.core.records import (
+    CertificateAuthority,
+    Manufacturer,
+    OnboardingSession,
+    SessionState,
+    TrustDomain,
+    Voucher,
+)
 from iotrust.core.vouchers import SignedVoucher, decode_voucher
 from iotrust.errors import ConflictError, InputError, IotrustError, NotFoundError, TrustError
 from iotrust.ports import Clock
 from iotrust.services import eventlog, faults, zombies
 from iotrust.services.credentials import (
     DEFAULT_CREDENTIAL_LIFETIME,
+    Built,
+    Issued,
     Issuer,
     publish_crls,
     revoke_credential,
 )
-from iotrust.services.domain import Secrets, active_issuing_ca, require_domain, root_ca
+from iotrust.services.domain import (
+    Secrets,
+    active_issuing_ca,
+    crl_url_for,
+    require_domain,
+    root_ca,
+)
 from iotrust.services.settings import Settings
 from iotrust.services.updates import update_root_bundle
 
@@ -207,6 +225,65 @@ class _SweepFirst(Exception):  # noqa: N818 - a control-flow signal inside this 
     """A hello found overdue sessions: roll back, run the sweep, decide the hello again."""
 
 
+@dataclass(frozen=True, slots=True)
+class _HelloFacts:
+    """What a hello's decision rests on, as read; compared again under the write lock."""
+
+    device: Device | None
+    manufacturer: Manufacturer | None
+    voucher: Voucher | None
+    owner: str
+    owner_spki: str
+    by_factory_key: Device | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    """A hello decided before its write transaction.
+
+    ``facts`` and ``outcome`` are ``None`` when it was not decided (the rate limits as read
+    would refuse it).
+    """
+
+    maker_name: str | None
+    spki: str | None
+    facts: _HelloFacts | None
+    outcome: HelloDecision | TrustError | InputError | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Issuance:
+    """How an attest's credential is issued; built before the write lock, compared under it."""
+
+    device_id: str
+    ca: CertificateAuthority
+    lifetime: timedelta
+    crl_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _AttestPlan:
+    """An attest decided (and its certificate built) before its write transaction."""
+
+    session: OnboardingSession
+    config: OnboardingConfig
+    confirm_by: datetime
+    bound_error: TrustError | None  # the session's binding is unusable (after the spend)
+    outcome: AttestDecision | TrustError | InputError
+    issuance: _Issuance | None  # None: not built (retired or missing device as read)
+    built: Built | None
+
+
+@dataclass(frozen=True, slots=True)
+class _ConfirmView:
+    """A confirm's session as its checks see it (:func:`_confirm_view`)."""
+
+    session: OnboardingSession | None
+    certificate: x509.Certificate | None
+    confirm_by: datetime
+    key_storage: str | None
+
+
 def _source(source: str) -> str:
     if not isinstance(source, str):
         raise TypeError("source is the client's address as a string")
@@ -316,41 +393,86 @@ class OnboardingService:
             seen.serial = req.serial
         except InputError as exc:
             parse_error = exc
+        # Decide before the write lock (chain and voucher signatures); the write transaction
+        # admits, re-reads what the decision used and keeps the decision only if it is unchanged.
+        judged = self._prejudge_hello(req, seen, now) if req is not None else None
         try:
-            return self._hello_once(req, parse_error, seen, now, sweep_checked=False)
+            return self._hello_once(req, parse_error, judged, seen, now, sweep_checked=False)
         except _SweepFirst:
             pass
         # Overdue sessions exist: expire them (own transactions), then decide on the result.
         self._sweep_quietly()
         self._next_prune = now + _PRUNE_INTERVAL
-        return self._hello_once(req, parse_error, seen, now, sweep_checked=True)
+        return self._hello_once(req, parse_error, judged, seen, now, sweep_checked=True)
 
-    def _hello_once(self, req: HelloRequest | None, parse_error: InputError | None, seen: _Seen,
-                    now: datetime, *, sweep_checked: bool) -> HelloResponse:
-        """Admit and decide one hello in one transaction (``_SweepFirst``: sweep, call again)."""
+    def _prejudge_hello(self, req: HelloRequest, seen: _Seen, now: datetime) -> _Judged:
+        """Read a hello's facts in a read-only transaction and decide on them, unlocked.
+
+        A hello the rate limits would refuse (as read here) is not decided at all: refusing it
+        must stay cheap. The write transaction checks the limits again either way.
+        """
+        maker_name, spki = _claimed_identity(req)
+        with self._db.transaction(readonly=True) as tx:
+            domain = require_domain(tx)
+            config = OnboardingConfig.from_settings(domain.settings)
+            per_serial, per_source, _ = tx.onboarding_admission(
+                since=now - timedelta(seconds=config.rate_window_s), serial=seen.serial,
+                source=seen.source, at=now)
+            if _over_limit(config, seen, per_serial, per_source) is not None:
+                return _Judged(maker_name, spki, None, None)
+            facts = self._hello_facts(tx, domain, req, maker_name, spki, for_update=False)
+        return _Judged(maker_name, spki, facts, _judge_hello(req, now, facts))
+
+    def _hello_facts(self, tx: Tx, domain: TrustDomain, req: HelloRequest,
+                     maker_name: str | None, spki: str | None, *,
+                     for_update: bool) -> _HelloFacts:
+        """Everything :func:`_judge_hello` decides on (the live session aside), as stored now.
+
+        ``for_update``: lock the device row until the transaction ends (the write transaction:
+        one live session per device, across workers).
+        """
+        device = None
+        if maker_name is not None:
+            find = tx.find_device_for_update if for_update else tx.find_device
+            device = find(maker_name, req.serial)
+        record = None
+        if maker_name is not None:
+            try:
+                record = tx.get_manufacturer(maker_name)
+            except NotFoundError:
+                record = None
+        voucher = tx.get_active_voucher(device.id) if device is not None else None
+        return _HelloFacts(device=device, manufacturer=record, voucher=voucher,
+                           owner=domain.owner, owner_spki=self._owner_spki(tx, domain),
+                           by_factory_key=_device_by_factory_key(tx, device, spki))
+
+    def _hello_once(self, req: HelloRequest | None, parse_error: InputError | None,
+                    judged: _Judged | None, seen: _Seen, now: datetime, *,
+                    sweep_checked: bool) -> HelloResponse:
+        """Admit and settle one hello in one write transaction (``_SweepFirst``: sweep, again).
+
+        The decision made before the transaction stands only if every fact it used reads the
+        same under the lock; otherwise the hello is decided again here, on what is stored now.
+        """
         with self._db.transaction() as tx:
             domain = require_domain(tx)
             config = OnboardingConfig.from_settings(domain.settings)
             self._admit(tx, config, seen, now, sweep_checked=sweep_checked)
             if parse_error is not None:
                 raise parse_error
-            if req is None:  # parse_error is None exactly when req is set
+            if req is None or judged is None:  # parse_error is None exactly when req is set
                 raise RuntimeError("unreachable: no request and no parse error")
-            maker_name, spki = _claimed_identity(req)
-            device = None
-            if maker_name is not None:
-                # locked until the end: one live session per device, across workers
-                device = tx.find_device_for_update(maker_name, req.serial)
-                if device is not None:
-                    seen.device_id = device.id
-            manufacturer = _trust(tx, maker_name)
-            decision = check_hello(
-                req, now=now, device=device, manufacturer=manufacturer,
-                voucher=_voucher(tx, device), owner=domain.owner,
-                owner_spki_sha256=self._owner_spki(tx, domain),
-                device_by_factory_key=_device_by_factory_key(tx, device, spki),
-                open_session_exists=(device is not None
-                                     and tx.live_session_exists(device.id, now)))
+            facts = self._hello_facts(tx, domain, req, judged.maker_name, judged.spki,
+                                      for_update=True)
+            if facts.device is not None:
+                seen.device_id = facts.device.id
+            outcome = (judged.outcome if judged.facts == facts and judged.outcome is not None
+                       else _judge_hello(req, now, facts))
+            if not isinstance(outcome, HelloDecision):
+                raise outcome
+            decision = outcome
+            check_live_session(open_session_exists=(
+                facts.device is not None and tx.live_session_exists(facts.device.id, now)))
             if decision.device is None:
                 device = self._admit_unsafely(tx, decision, domain, seen, now)
             else:
@@ -402,11 +524,9 @@ class OnboardingService:
             since=since, serial=seen.serial, source=seen.source, at=now)
         if sweep_due and not sweep_checked:
             raise _SweepFirst
-        if seen.serial is not None and config.rate_per_serial and \
-                per_serial >= config.rate_per_serial:
-            raise refuse(r.RATE_LIMITED, "too many onboarding attempts for this serial")
-        if config.rate_per_source and per_source >= config.rate_per_source:
-            raise refuse(r.RATE_LIMITED, "too many onboarding attempts from this source")
+        limited = _over_limit(config, seen, per_serial, per_source)
+        if limited is not None:
+            raise limited
         tx.add_onboarding_attempt(seen.serial, seen.source, now)
         seen.uncounted = True
         if now >= self._next_prune:  # after a sweep (which prunes too) this waits
@@ -457,7 +577,28 @@ class OnboardingService:
         seen.serial = req.serial
         sid = session_record_id(req.session_id)
         now = self._clock.now()
-        with self._db.transaction() as tx:
+        plan = self._plan_attest(req, sid, seen, now)
+        device, issued, root_pem = self._settle_attest(req, sid, plan, seen, now)
+        faults.checkpoint("onboarding.attest.committed")
+        config = plan.config
+        return AttestResponse(
+            device_id=device.id,
+            certificate=issued.certificate.public_bytes(Encoding.DER),
+            ca_chain=(_der_of_pem(issued.ca.certificate_pem), _der_of_pem(root_pem)),
+            broker=Broker(config.broker_host, config.broker_port),
+            update_root=update_root_bundle(self._settings),
+            policy=render_policy(device.id), confirm_by=plan.confirm_by)
+
+    def _plan_attest(self, req: AttestRequest, sid: str, seen: _Seen,
+                     now: datetime) -> _AttestPlan:
+        """Read (no write lock), decide and build the certificate, before spending the nonce.
+
+        Session refusals (unknown, expired, replayed as read) are raised here: nothing was
+        spent, and a session never moves back to open. Any later refusal is kept in the plan
+        and raised only after the nonce is spent (ADR 0005's order: a nonce spent by another
+        attest is ``nonce_replayed`` whatever this one carried).
+        """
+        with self._db.transaction(readonly=True) as tx:
             domain = require_domain(tx)
             config = OnboardingConfig.from_settings(domain.settings)
             found = tx.get_session_context(sid)  # the session, its binding and its device
@@ -467,54 +608,87 @@ class OnboardingService:
                 seen.device_id = session.device_id
                 seen.session_id = sid
             session = precheck_attest(req, session=session, now=now)
-            confirm_by = now.replace(microsecond=0) + timedelta(seconds=config.confirm_s)
-            # Spend the nonce *before* any signature is checked, in this transaction: the one
-            # conditional UPDATE holds the session row (PostgreSQL) or the write lock (SQLite)
-            # until the commit, so one attest per nonce. A refusal rolls it back; _refused then
-            # burns the nonce next to the refusal event (docs/adr/0005).
-            consumed = tx.attest_session(sid, nonce_sha256(req.server_nonce), now, confirm_by)
-            seen.consumed = consumed
-            faults.checkpoint("onboarding.attest.nonce_spent")
+            issuance = (_issuance_of(tx, domain, stored_device)
+                        if stored_device is not None
+                        and stored_device.state is not DeviceState.RETIRED else None)
+        confirm_by = now.replace(microsecond=0) + timedelta(seconds=config.confirm_s)
+        bound_error: TrustError | None = None
+        outcome: AttestDecision | TrustError | InputError
+        try:
             if binding is None or binding.voucher_sha256 is None:
                 raise refuse(r.NONCE_UNKNOWN, "the session was not opened by a hello")
-            decision = check_attest(
-                req, session=session, now=now, server_id=domain.server_id,
-                factory_public_key=_factory_key(binding.factory_spki),
-                voucher_sha256=bytes.fromhex(binding.voucher_sha256),
-                nonce_consumed_ok=consumed, known_key=tx.key_seen,
-                key_storage=binding.key_storage)
-            device = stored_device or tx.get_device(session.device_id)
+            factory_key = _factory_key(binding.factory_spki)
+        except TrustError as exc:
+            bound_error = outcome = exc
+        else:
+            outcome = _judge_attest(req, session, binding, now=now, server_id=domain.server_id,
+                                    factory_key=factory_key)
+        built = None
+        if isinstance(outcome, AttestDecision) and issuance is not None:
+            built = self._build(issuance, outcome, now)
+        return _AttestPlan(session=session, config=config, confirm_by=confirm_by,
+                           bound_error=bound_error, outcome=outcome, issuance=issuance,
+                           built=built)
+
+    def _settle_attest(self, req: AttestRequest, sid: str, plan: _AttestPlan, seen: _Seen,
+                       now: datetime) -> tuple[Device, Issued, str]:
+        """Spend the nonce, re-check and record the planned credential in one write transaction.
+
+        The conditional UPDATE (open -> attested on id, nonce hash, unspent, unexpired) holds
+        the session row (PostgreSQL) or the write lock (SQLite) until the commit: one attest per
+        nonce. A refusal rolls it back; :meth:`_refused` then burns the nonce next to the
+        refusal event (``docs/adr/0005``, ``0006``). A built certificate whose transaction
+        fails is dropped, never returned.
+        """
+        with self._db.transaction() as tx:
+            consumed = tx.attest_session(sid, nonce_sha256(req.server_nonce), now,
+                                         plan.confirm_by)
+            seen.consumed = consumed
+            faults.checkpoint("onboarding.attest.nonce_spent")
+            if not consumed:  # moved on since it was read: its state now says why
+                current = tx.get_session_and_binding(sid)
+                precheck_attest(req, session=current[0] if current is not None else None,
+                                now=now)
+            if plan.bound_error is not None:
+                raise plan.bound_error
+            if not consumed:
+                raise refuse(r.NONCE_REPLAYED, "the server nonce was already used")
+            if not isinstance(plan.outcome, AttestDecision):
+                raise plan.outcome
+            decision = plan.outcome
+            device = tx.get_device(plan.session.device_id)
             if device.state is DeviceState.RETIRED:
+                if tx.key_seen(decision.csr_spki_sha256):  # check_attest's order: clone first
+                    raise refuse(r.CLONE_SUSPECTED, "the CSR key was already seen on a device")
                 raise refuse(r.RETIRED, "this device is retired")
-            lifetime = (timedelta(seconds=tx.get_model(device.model).credential_lifetime_s)
-                        if device.model is not None else DEFAULT_CREDENTIAL_LIFETIME)
-            public_url = domain.settings.get("public_url")
-            crl_url = (f"{public_url.rstrip('/')}/v1/crl/{active_issuing_ca(tx).id}.crl"
-                       if isinstance(public_url, str) and public_url else None)
+            issuance = _issuance_of(tx, require_domain(tx), device)
+            built = plan.built
+            if built is None or issuance != plan.issuance:  # changed meanwhile: build again
+                built = self._build(issuance, decision, now)
             try:
-                # check_attest verified the CSR (proof of possession, P-256, not the factory
-                # key, never seen): certify its key without checking the CSR a second time.
-                issued = self._issuer.issue_for_key(
-                    tx, device_id=device.id, public_key=decision.csr_public_key,
-                    lifetime=lifetime, actor=ACTOR, crl_url=crl_url)
+                issued = self._issuer.record(tx, built, actor=ACTOR)
             except ConflictError as exc:  # the CSR key was recorded concurrently elsewhere
+                if exc.reason != "key_reused":
+                    raise
                 raise refuse(r.CLONE_SUSPECTED, "the CSR key was already seen on a device",
                              detail=exc.reason) from exc
-            if pki.spki_sha256(issued.certificate.public_key()) != decision.csr_spki_sha256:
-                raise RuntimeError("the issuer certified another key than the CSR's")
             tx.set_session_state(sid, SessionState.ATTESTED, expected=SessionState.ATTESTED,
                                  credential_serial=issued.credential.serial_number)
             tx.touch_last_seen(device.id, now)
             root_pem = root_ca(tx).certificate_pem
             faults.checkpoint("onboarding.attest.before_commit")
-        faults.checkpoint("onboarding.attest.committed")
-        return AttestResponse(
-            device_id=device.id,
-            certificate=issued.certificate.public_bytes(Encoding.DER),
-            ca_chain=(_der_of_pem(issued.ca.certificate_pem), _der_of_pem(root_pem)),
-            broker=Broker(config.broker_host, config.broker_port),
-            update_root=update_root_bundle(self._settings),
-            policy=render_policy(device.id), confirm_by=confirm_by)
+        return device, issued, root_pem
+
+    def _build(self, issuance: _Issuance, decision: AttestDecision, now: datetime) -> Built:
+        """The operational certificate for ``decision``'s key, built and signed, not recorded."""
+        # check_attest verified the CSR (proof of possession, P-256, not the factory key):
+        # certify its key without checking the CSR a second time.
+        built = self._issuer.build(issuance.ca, device_id=issuance.device_id,
+                                   public_key=decision.csr_public_key,
+                                   lifetime=issuance.lifetime, crl_url=issuance.crl_url, now=now)
+        if pki.spki_sha256(built.certificate.public_key()) != decision.csr_spki_sha256:
+            raise RuntimeError("the issuer certified another key than the CSR's")
+        return built
 
     # -- confirm -----------------------------------------------------------------------------
 
@@ -522,68 +696,72 @@ class OnboardingService:
         req = ConfirmRequest.from_wire(body)
         sid = session_record_id(req.session_id)
         now = self._clock.now()
-        with self._db.transaction() as tx:
+        # 1. Read (no write lock) and decide: the session, its certificate, the signature.
+        with self._db.transaction(readonly=True) as tx:
             # one read: the session, its binding, its credential's certificate and its device
-            found = tx.get_session_context(sid)
-            session, binding, certificate_pem, stored_device = (
-                found if found is not None else (None, None, None, None))
-            if session is not None and session.device_id == req.device_id:
-                seen.device_id = session.device_id
-                seen.serial = session.serial
-                seen.session_id = sid
-                seen.attested = session.state is SessionState.ATTESTED
-            confirm_by = binding.confirm_by if binding is not None else None
-            certificate = None
-            if session is not None and session.credential_serial is not None \
-                    and certificate_pem is not None:
-                certificate = pki.load_certificate(certificate_pem.encode())
-            if session is not None and session.state is SessionState.ATTESTED and (
-                    certificate is None or confirm_by is None):
-                # attested but nothing was issued (the attest failed after spending the nonce)
-                session = dataclasses.replace(session, state=SessionState.REFUSED)
-            confirmed = (session is not None and session.state is SessionState.ATTESTED
-                         and session.device_id == req.device_id
-                         and tx.confirm_session(sid, now))
-            if certificate is None or confirm_by is None:
-                # Never used: without both the session is not (treated as) attested here, and
-                # the core refuses such a confirm before it looks at the certificate/deadline.
+            view = _confirm_view(tx.get_session_context(sid), req, seen, now)
+            certificate = view.certificate
+            if certificate is None:
+                # Never used: without a certificate the session is not (treated as) attested
+                # here, and the core refuses such a confirm before it looks at it.
                 certificate = pki.load_certificate(root_ca(tx).certificate_pem.encode())
-                confirm_by = now
-            check_confirm(req, session=session, now=now, confirm_by=confirm_by,
-                          certificate=certificate, confirmed_ok=confirmed)
-            if session is None or session.credential_serial is None:
-                raise RuntimeError("check_confirm accepted a session without a credential")
-            # read before the conditional updates: update_device below is conditional on the
-            # state read here, so a concurrent change refuses instead of being overwritten
-            device = stored_device or tx.get_device(session.device_id)
-            if device.state is DeviceState.RETIRED:
-                raise refuse(r.RETIRED, "this device is retired")
-            try:
-                tx.update_credential_state(session.credential_serial, CredentialState.ACTIVE,
-                                           expected=CredentialState.ISSUED)
-            except ConflictError as exc:  # revoked meanwhile (deadline sweep, operator)
-                raise refuse(r.NONCE_EXPIRED, "the credential of this session was revoked",
-                             detail=exc.reason) from exc
-            # the hello's claim, signed in the attest; never recorded above the model's profile
-            claimed = binding.key_storage if binding is not None else None
-            storage = recorded_key_storage(claimed, _profile_key_storage(tx, device))
-            try:
-                moved = dataclasses.replace(lifecycle.onboard(device, now), key_storage=storage)
-                tx.update_device(moved, expected_state=DeviceState.EXPECTED, seen_at=now)
-            except ConflictError as exc:
-                raise refuse(r.CLONE_SUSPECTED,
-                             f"the device is already onboarded ({device.state.value})",
-                             detail=exc.reason) from exc
-            eventlog.record(tx, self._clock, ev.DEVICE_ONBOARDED, actor=ACTOR,
-                            device_id=device.id,
-                            data={"from": device.state.value, "to": moved.state.value,
-                                  "session": sid, "credential": session.credential_serial,
-                                  "source": seen.source,
-                                  "unsafe_admission": device.unsafe_admission,
-                                  "key_storage": storage.value,
-                                  "key_storage_claimed": claimed})
+        signature_error: TrustError | None = None
+        try:
+            check_confirm(req, session=view.session, now=now, confirm_by=view.confirm_by,
+                          certificate=certificate, confirmed_ok=True)
+        except TrustError as exc:
+            if exc.reason != r.SIGNATURE_INVALID:
+                raise  # the session's state as read refuses it: nothing to change
+            signature_error = exc  # step 5: raised once the session is confirmed (step 4)
+        session = view.session
+        if session is None or session.credential_serial is None:
+            raise RuntimeError("check_confirm accepted a session without a credential")
+        # 2. Move the states, conditionally, in one write transaction.
+        with self._db.transaction() as tx:
+            if not tx.confirm_session(sid, now):  # moved on since it was read: say why
+                now_view = _confirm_view(tx.get_session_context(sid), req, seen, now)
+                check_confirm(req, session=now_view.session, now=now,
+                              confirm_by=now_view.confirm_by, certificate=certificate,
+                              confirmed_ok=False)
+                raise RuntimeError("check_confirm accepted a confirm that changed nothing")
+            if signature_error is not None:
+                raise signature_error
+            self._activate(tx, session, session.credential_serial, claimed=view.key_storage,
+                           seen=seen, now=now)
             faults.checkpoint("onboarding.confirm.before_commit")
         faults.checkpoint("onboarding.confirm.committed")
+
+    def _activate(self, tx: Tx, session: OnboardingSession, credential_serial: str, *,
+                  claimed: str | None, seen: _Seen, now: datetime) -> None:
+        """The confirmed session's credential ISSUED -> ACTIVE, its device EXPECTED -> ACTIVE."""
+        # read under the lock: update_device below is conditional on the state read here,
+        # so a concurrent change refuses instead of being overwritten
+        device = tx.get_device(session.device_id)
+        if device.state is DeviceState.RETIRED:
+            raise refuse(r.RETIRED, "this device is retired")
+        try:
+            tx.update_credential_state(credential_serial, CredentialState.ACTIVE,
+                                       expected=CredentialState.ISSUED)
+        except ConflictError as exc:  # revoked meanwhile (deadline sweep, operator)
+            raise refuse(r.NONCE_EXPIRED, "the credential of this session was revoked",
+                         detail=exc.reason) from exc
+        # the hello's claim, signed in the attest; never recorded above the model's profile
+        storage = recorded_key_storage(claimed, _profile_key_storage(tx, device))
+        try:
+            moved = dataclasses.replace(lifecycle.onboard(device, now), key_storage=storage)
+            tx.update_device(moved, expected_state=DeviceState.EXPECTED, seen_at=now)
+        except ConflictError as exc:
+            raise refuse(r.CLONE_SUSPECTED,
+                         f"the device is already onboarded ({device.state.value})",
+                         detail=exc.reason) from exc
+        eventlog.record(tx, self._clock, ev.DEVICE_ONBOARDED, actor=ACTOR,
+                        device_id=device.id,
+                        data={"from": device.state.value, "to": moved.state.value,
+                              "session": session.id, "credential": credential_serial,
+                              "source": seen.source,
+                              "unsafe_admission": device.unsafe_admission,
+                              "key_storage": storage.value,
+                              "key_storage_claimed": claimed})
 
     # -- refusals ----------------------------------------------------------------------------
 
@@ -637,6 +815,95 @@ class OnboardingService:
             _log.warning("publishing the CRL after an onboarding refusal failed: %s", exc)
 
 
+def _over_limit(config: OnboardingConfig, seen: _Seen, per_serial: int,
+                per_source: int) -> TrustError | None:
+    """The ``rate_limited`` refusal for these counts of recent hellos, if they are too many."""
+    if seen.serial is not None and config.rate_per_serial and \
+            per_serial >= config.rate_per_serial:
+        return refuse(r.RATE_LIMITED, "too many onboarding attempts for this serial")
+    if config.rate_per_source and per_source >= config.rate_per_source:
+        return refuse(r.RATE_LIMITED, "too many onboarding attempts from this source")
+    return None
+
+
+def _judge_hello(req: HelloRequest, now: datetime,
+                 facts: _HelloFacts) -> HelloDecision | TrustError | InputError:
+    """:func:`check_hello` on ``facts`` (the live session is checked under the write lock).
+
+    Pure but for the memoised parsing; the refusal is returned, to be raised once the hello
+    is admitted (the rate limits come first).
+    """
+    try:
+        manufacturer = _trust_of(facts.manufacturer) if facts.manufacturer is not None else None
+        voucher = _decoded_voucher(facts.voucher)
+        return check_hello(
+            req, now=now, device=facts.device, manufacturer=manufacturer, voucher=voucher,
+            owner=facts.owner, owner_spki_sha256=facts.owner_spki,
+            device_by_factory_key=facts.by_factory_key, open_session_exists=False)
+    except (TrustError, InputError) as exc:
+        return exc
+
+
+def _judge_attest(req: AttestRequest, session: OnboardingSession, binding: SessionBinding, *,
+                  now: datetime, server_id: str, factory_key: ec.EllipticCurvePublicKey,
+                  ) -> AttestDecision | TrustError | InputError:
+    """:func:`check_attest` before the nonce is spent (the refusal is returned, not raised).
+
+    The seen-key check is left to the write transaction: recording the key refuses a key seen
+    before (``clone_suspected``), atomically. ``binding`` has its voucher hash.
+    """
+    try:
+        return check_attest(
+            req, session=session, now=now, server_id=server_id, factory_public_key=factory_key,
+            voucher_sha256=bytes.fromhex(binding.voucher_sha256 or ""), nonce_consumed_ok=True,
+            known_key=_never_seen, key_storage=binding.key_storage)
+    except (TrustError, InputError) as exc:
+        return exc
+
+
+def _never_seen(_spki_sha256: str) -> bool:
+    return False
+
+
+def _issuance_of(tx: Tx, domain: TrustDomain, device: Device) -> _Issuance:
+    """How a credential for ``device`` is issued now: CA, lifetime (its model's) and CRL URL."""
+    lifetime = (timedelta(seconds=tx.get_model(device.model).credential_lifetime_s)
+                if device.model is not None else DEFAULT_CREDENTIAL_LIFETIME)
+    ca = active_issuing_ca(tx)
+    return _Issuance(device_id=device.id, ca=ca, lifetime=lifetime,
+                     crl_url=crl_url_for(domain, ca.id))
+
+
+def _confirm_view(found: tuple[OnboardingSession, SessionBinding, str | None, Device | None]
+                  | None, req: ConfirmRequest, seen: _Seen, now: datetime) -> _ConfirmView:
+    """A confirm's session as :func:`check_confirm` must see it, from one session-context read.
+
+    A session attested without a certificate or a deadline (its attest failed after spending
+    the nonce) is treated as refused; then the certificate is ``None`` and the deadline ``now``
+    (neither is looked at).
+    """
+    session, binding, certificate_pem, _ = (
+        found if found is not None else (None, None, None, None))
+    if session is not None and session.device_id == req.device_id:
+        seen.device_id = session.device_id
+        seen.serial = session.serial
+        seen.session_id = session.id
+        seen.attested = session.state is SessionState.ATTESTED
+    key_storage = binding.key_storage if binding is not None else None
+    confirm_by = binding.confirm_by if binding is not None else None
+    certificate = None
+    if session is not None and session.credential_serial is not None \
+            and certificate_pem is not None:
+        certificate = pki.load_certificate(certificate_pem.encode())
+    if certificate is None or confirm_by is None:
+        if session is not None and session.state is SessionState.ATTESTED:
+            session = dataclasses.replace(session, state=SessionState.REFUSED)
+        return _ConfirmView(session=session, certificate=None, confirm_by=now,
+                            key_storage=key_storage)
+    return _ConfirmView(session=session, certificate=certificate, confirm_by=confirm_by,
+                        key_storage=key_storage)
+
+
 def _claimed_identity(req: HelloRequest) -> tuple[str | None, str | None]:
     """The manufacturer and factory key the (not yet verified) leaf certificate claims."""
     try:
@@ -644,15 +911,6 @@ def _claimed_identity(req: HelloRequest) -> tuple[str | None, str | None]:
     except InputError:
         return None, None
     return ident.manufacturer, ident.spki_sha256
-
-
-def _trust(tx: Tx, name: str | None) -> ManufacturerTrust | None:
-    if name is None:
-        return None
-    try:
-        return _trust_of(tx.get_manufacturer(name))
-    except NotFoundError:
-        return None
 
 
 def _device_by_factory_key(tx: Tx, device: Device | None, spki: str | None) -> Device | None:
@@ -664,10 +922,7 @@ def _device_by_factory_key(tx: Tx, device: Device | None, spki: str | None) -> D
     return tx.find_device_by_factory_key(spki)
 
 
-def _voucher(tx: Tx, device: Device | None) -> SignedVoucher | None:
-    if device is None:
-        return None
-    stored = tx.get_active_voucher(device.id)
+def _decoded_voucher(stored: Voucher | None) -> SignedVoucher | None:
     if stored is None:
         return None
     try:

@@ -316,6 +316,16 @@ def _check_clone(device: Device | None, device_by_factory_key: Device | None, *,
     if device is not None and device.state is not DeviceState.EXPECTED:
         raise refuse(r.CLONE_SUSPECTED,
                      f"the device is already onboarded ({device.state.value})")
+    check_live_session(open_session_exists=open_session_exists)
+
+
+def check_live_session(*, open_session_exists: bool) -> None:
+    """The last check of :func:`check_hello` alone: ``clone_suspected`` for a second live session.
+
+    A service that decides the rest of a hello before taking its write lock calls
+    :func:`check_hello` with ``open_session_exists=False`` and this one under the lock, where
+    the live session is looked up next to the session it opens.
+    """
     if open_session_exists:
         raise refuse(r.CLONE_SUSPECTED, "the device already has a live onboarding session")
 

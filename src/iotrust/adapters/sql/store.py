@@ -1,8 +1,10 @@
 """The registry's storage: a :class:`Database` handing out :class:`Tx` units of work.
 
 The same code runs on SQLite (the embedded default: WAL, foreign keys on, every writing
-transaction begins with ``BEGIN IMMEDIATE`` so writers queue on the busy timeout instead of
-failing half-way) and on PostgreSQL (READ COMMITTED; single-use nonces and lifecycle transitions
+transaction begins with ``BEGIN IMMEDIATE`` so writers queue instead of failing half-way; on a
+database file they first queue on :class:`~iotrust.adapters.sql.writerlock.WriterQueue`, a lock
+file handed over within about a millisecond across processes, rather than on SQLite's busy
+handler, which sleeps up to 100 ms between retries: docs/adr/0004) and on PostgreSQL (READ COMMITTED; single-use nonces and lifecycle transitions
 are conditional ``UPDATE`` statements, the event-log head is locked with ``SELECT ... FOR UPDATE``).
 
 :class:`Tx` methods take and return core values (:class:`~iotrust.core.lifecycle.Device` and the
@@ -62,6 +64,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import text
 
 from iotrust.adapters.sql import schema as s
+from iotrust.adapters.sql.writerlock import WriterQueue
 from iotrust.core.ingest import VerifiedMessage
 from iotrust.core.lifecycle import (
     CredentialState,
@@ -579,6 +582,16 @@ def _begin_readonly(conn: Connection) -> None:
     conn.connection.info[_READONLY_BEGIN] = True
 
 
+def _writer_queue(url: URL, lock_timeout_s: float) -> WriterQueue | None:
+    """The writer queue of a SQLite file database (``None`` in memory or for URI filenames)."""
+    name = url.database
+    if name is None or name in ("", ":memory:") or name.startswith("file:") \
+            or url.query.get("uri"):
+        return None
+    path = Path(name).absolute()
+    return WriterQueue(path.with_name(path.name + ".writer-lock"), lock_timeout_s)
+
+
 def _engine_options(url: URL, *, create: bool, lock_timeout_s: float) -> dict[str, Any]:
     """Pool and driver settings per backend (and the checks that need no connection)."""
     backend = url.get_backend_name()
@@ -633,8 +646,9 @@ class Database:
     Use :meth:`open`, then :meth:`transaction` for every unit of work.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, writers: WriterQueue | None = None) -> None:
         self._engine = engine
+        self._writers = writers  # SQLite files only: the cross-process writer queue
 
     @classmethod
     def open(cls, url: str, *, create: bool = True,
@@ -660,9 +674,11 @@ class Database:
             engine = create_engine(parsed, **kwargs)
         except (ArgumentError, NoSuchModuleError):
             raise InputError("unusable database URL", reason="invalid_database_url") from None
+        writers = None
         if backend == "sqlite":
             _install_sqlite_hooks(engine, lock_timeout_s)
-        db = cls(engine)
+            writers = _writer_queue(parsed, lock_timeout_s)
+        db = cls(engine, writers)
         try:
             if create:
                 if db._current_revision_fast() != _shipped_head() or _shipped_head() is None:
@@ -702,12 +718,17 @@ class Database:
         from alembic import command  # noqa: PLC0415 - Alembic is loaded only to migrate
 
         config = _alembic_config()
+        if self._writers is not None:
+            self._writers.acquire()
         try:
             with self._engine.begin() as conn:
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
         except DBAPIError as exc:
             raise _translate(exc) from None
+        finally:
+            if self._writers is not None:
+                self._writers.release()
 
     def schema_revision(self) -> str | None:
         """The Alembic revision the database is at (``None`` if never migrated)."""
@@ -735,33 +756,45 @@ class Database:
                 "run the migrations", reason="schema_outdated")
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and the writer queue's lock file)."""
         self._engine.dispose()
+        if self._writers is not None:
+            self._writers.close()
 
     @contextmanager
     def transaction(self, *, readonly: bool = False) -> Iterator[Tx]:
         """One unit of work: committed when the block ends, rolled back if it raises.
 
         ``readonly`` transactions may not write; on SQLite they do not take the write lock, so
-        readers never wait for each other.
+        readers never wait for each other. Writing ones on a SQLite file first queue for the
+        writer lock (:mod:`~iotrust.adapters.sql.writerlock`), held until after the commit or
+        rollback.
         """
         try:
             conn = self._engine.connect()
         except DBAPIError as exc:
             raise _translate(exc) from None
         tx: Tx | None = None
+        queued: WriterQueue | None = None
         try:
             if readonly:
                 _begin_readonly(conn)
+            elif self._writers is not None:
+                self._writers.acquire()
+                queued = self._writers
             with conn.begin():
                 tx = Tx(conn, readonly=readonly)
                 yield tx
         except DBAPIError as exc:
             raise _translate(exc) from None
         finally:
-            if tx is not None:
-                tx._closed = True  # noqa: SLF001 - the Database owns its transactions
-            conn.close()
+            try:
+                if tx is not None:
+                    tx._closed = True  # noqa: SLF001 - the Database owns its transactions
+                conn.close()
+            finally:
+                if queued is not None:
+                    queued.release()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,21 +1,28 @@
 """The onboarding use case (DESIGN.md §6, ``docs/protocol.md``): hello, attest, confirm.
 
-Each step parses its message at the core's parse boundary, loads the stored facts, lets the pure
-decision functions of :mod:`iotrust.core.onboarding.server` decide, and persists the outcome in
-the database. Everything that must hold across requests lives in the database, never in process
-memory, so any number of workers (and machines) can serve one fleet:
+Each step parses its message at the core's parse boundary, loads the stored facts in a read-only
+transaction, lets the pure decision functions of :mod:`iotrust.core.onboarding.server` decide
+(signatures, and attest's certificate is built and signed) *before* taking the database's write
+lock, then settles in one write transaction that re-reads or conditionally updates whatever the
+decision used and could have changed, and persists the outcome (``docs/adr/0006``). Everything
+that must hold across requests lives in the database, never in process memory, so any number of
+workers (and machines) can serve one fleet:
 
 * rate limits count the ``onboarding_attempts`` rows of the last window per serial and per
-  source address (``rate_limited``, checked before anything else); a hello is admitted, decided
+  source address (``rate_limited``, checked before anything else); a hello is admitted, settled
   and answered in one transaction, and a hello refused after admission is still counted (its
-  attempt is written with the refusal event);
-* one live session per device: the hello locks the device row before looking for a live session;
-* the server nonce is spent by one conditional ``UPDATE`` (open → attested) *before* the
-  signature is checked, in the attest's one transaction, which holds the session until it
-  commits: a nonce is good for exactly one attest; a refused attest rolls back and its refusal
-  transaction burns the nonce (open → refused), see ``docs/adr/0005``;
+  attempt is written with the refusal event); a hello the counts as read would refuse is not
+  decided at all (refusing a flood stays cheap);
+* a hello's decision stands only if the facts it used read the same under the lock (else it is
+  decided again there); one live session per device: the hello locks the device row before
+  looking for a live session, next to the session it opens;
+* the server nonce is spent by one conditional ``UPDATE`` (open → attested) in the attest's one
+  write transaction, which holds the session until it commits and records the credential: a
+  nonce is good for exactly one attest, and a certificate built for an attest whose transaction
+  fails is dropped, never returned; a refused attest rolls back and its refusal transaction
+  burns the nonce (open → refused), see ``docs/adr/0005``;
 * confirm moves attested → confirmed, the credential issued → active and the device
-  EXPECTED → ACTIVE in one transaction, with one event.
+  EXPECTED → ACTIVE in one transaction, with one event, each move conditional.
 
 Every refusal (a :class:`~iotrust.errors.TrustError`, ``rate_limited`` included, or malformed
 input) is recorded as an ``onboarding.refused`` event in its own transaction after the failed one

@@ -10,7 +10,8 @@ refusal is the API's usual error body: ``{"error": "InputError", "reason": "too_
 The limit is configurable (``IOTRUST_MAX_BODY_BYTES``, default 1 MiB). Endpoints keep their own,
 smaller bounds (onboarding messages, status reports, broker hooks); this is the outer fence for
 every route, present and future. This module does not limit headers, URLs or response sizes
-(uvicorn's h11 bounds the first two) and does not rate-limit.
+(``iotrust serve``'s HTTP protocol bounds the first two: :mod:`iotrust.api.transport`) and does not
+rate-limit.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class BodyLimit:
 def _declared_length(scope: Scope) -> int | None:
     """The ``Content-Length`` header as an integer; ``None`` if absent or unparsable.
 
-    An unparsable value is left to the server (h11 refuses it with 400 before the app runs).
+    An unparsable value is left to the server (its parser refuses it with 400 before the app runs).
     """
     for name, value in scope.get("headers", ()):
         if name.lower() == b"content-length":

@@ -1,10 +1,24 @@
-"""The HTTP protocol class ``iotrust serve`` runs uvicorn with: h11, plus TCP_NODELAY.
+"""The HTTP protocol ``iotrust serve`` runs uvicorn with: httptools, TCP_NODELAY, a head bound.
 
-With ``--workers N`` uvicorn binds the listening socket itself without naming the protocol, so
-asyncio does not recognise accepted connections as TCP and never disables Nagle's algorithm:
-every response then waits for a delayed ACK (about 40 ms on Linux). Setting ``TCP_NODELAY`` when a
-connection is made restores sub-millisecond responses. Nothing else of uvicorn's h11 protocol
-changes.
+Why httptools (with uvloop as the event loop, chosen in ``iotrust serve``): uvicorn's default h11
+parser is pure Python and, with asyncio's own loop, cost about 1.6 ms of server CPU per onboarding
+request, about half of what the server spends on a device; httptools (llhttp, in C) and uvloop
+(libuv) do the same work for a fraction of that (benchmarks/README.md, ``onboarding_http``).
+
+What this class adds to uvicorn's ``HttpToolsProtocol``:
+
+- ``TCP_NODELAY`` on every connection. With ``--workers N`` uvicorn binds the listening socket
+  itself without naming the protocol, so asyncio's default loop does not recognise accepted
+  connections as TCP and never disables Nagle's algorithm: every response then waits for a delayed
+  ACK (about 40 ms on Linux). uvloop already sets it; setting it here keeps the fix whatever loop
+  runs the server.
+- A bound on the request head (request line and headers): :data:`MAX_HEAD_BYTES`, the bound h11
+  applies (16 KiB). httptools has none: it would buffer a URL or header section of any size. A
+  head that passes the bound gets uvicorn's usual ``400 Invalid HTTP request received.`` and the
+  connection is closed, as with h11. Bytes are counted per read while a head is incomplete, so the
+  parser never holds more than the bound plus one read.
+
+Request bodies are bounded by the app (:mod:`iotrust.api.limits`), not here.
 """
 
 from __future__ import annotations
@@ -12,18 +26,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from typing import Final
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["MAX_HEAD_BYTES", "NoDelayHttpToolsProtocol"]
+
+MAX_HEAD_BYTES: Final = 16 * 1024  # h11's DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 
 
-class NoDelayH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with Nagle's algorithm turned off on every connection."""
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Turn Nagle's algorithm off on a TCP connection (a socket that cannot take it still works)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class NoDelayHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with Nagle off and the request head bounded (module doc)."""
+
+    _in_head = False  # a request has begun and its headers are not complete yet
+    _head_bytes = 0  # bytes read while that head was incomplete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Disable Nagle on the connection, then hand over to uvicorn."""
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # A socket that cannot take the option still works, only slower.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport)
         super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse as uvicorn does, then refuse a request head that grew past the bound."""
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._in_head = False
+                self.logger.warning("Request head larger than %d bytes.", MAX_HEAD_BYTES)
+                self.send_400_response("Invalid HTTP request received.")
+
+    def on_message_begin(self) -> None:
+        """A new request: its head is counted until the headers are complete."""
+        self._in_head = True
+        self._head_bytes = 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        """The head is complete: stop counting."""
+        self._in_head = False
+        super().on_headers_complete()

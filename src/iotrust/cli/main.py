@@ -194,7 +194,10 @@ def _serve(host: str, port: int, workers: int, options: safety.StartupOptions) -
                 workers=workers, log_level=os.environ.get("IOTRUST_LOG_LEVEL", "warning"),
                 ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key,
                 # Never trust X-Forwarded-For by default: per-source rate limits count the peer.
-                proxy_headers=False, http="iotrust.api.transport:NoDelayH11Protocol",
+                proxy_headers=False,
+                # httptools + uvloop: a fraction of h11's and asyncio's CPU per request (see
+                # iotrust.api.transport, which also bounds request heads as h11 did).
+                http="iotrust.api.transport:NoDelayHttpToolsProtocol", loop="uvloop",
                 # uvicorn kills a worker that has not answered its health ping within 5 s; a
                 # worker still importing on a loaded 2-core machine takes longer, and the
                 # supervisor then restarts it forever.

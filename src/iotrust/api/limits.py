@@ -99,10 +99,19 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _declared_length(scope)
+        declared, chunked = _framing(scope)
         if declared is not None and declared > self.max_bytes:
             await self._refuse(send)
             return
+        if declared is not None and not chunked:
+            # The server frames the body by its Content-Length: the app can never receive more
+            # than was declared, so there is nothing to count (the common case, left unwrapped).
+            await self.app(scope, receive, send)
+        else:
+            await self._counted(scope, receive, send)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app on a ``receive`` that stops it once the body passes the limit."""
         received = 0
         started = False
 
@@ -136,13 +145,21 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def _declared_length(scope: Scope) -> int | None:
-    """The ``Content-Length`` header as an integer; ``None`` if absent or unparsable.
+def _framing(scope: Scope) -> tuple[int | None, bool]:
+    """The ``Content-Length`` header as an integer, and whether ``Transfer-Encoding`` is present.
 
-    An unparsable value is left to the server (its parser refuses it with 400 before the app runs).
+    The length is ``None`` if absent or unparsable; with a ``Transfer-Encoding`` the body is
+    counted whatever was declared. An unparsable value is left to the server (its parser refuses
+    it with 400 before the app runs).
     """
+    declared: int | None = None
+    seen_length = chunked = False
     for name, value in scope.get("headers", ()):
-        if name.lower() == b"content-length":
+        lowered = name.lower()
+        if lowered == b"content-length" and not seen_length:
+            seen_length = True
             text = value.decode("latin-1").strip()
-            return int(text) if text.isdigit() else None
-    return None
+            declared = int(text) if text.isdigit() else None
+        elif lowered == b"transfer-encoding":
+            chunked = True
+    return declared, chunked

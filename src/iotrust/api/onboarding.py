@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Request, Response
 
+from iotrust.api.routes import RequestRoute
 from iotrust.core.onboarding.messages import AttestRequest, ConfirmRequest, HelloRequest
 from iotrust.errors import IotrustError
 from iotrust.services import broker as broker_svc
@@ -123,7 +124,9 @@ def router(service: OnboardingService, resync: _Resync | None = None,
     """
     resync = resync or _Resync()
     calls = calls or _Calls(None)
-    r = APIRouter(prefix="/v1/onboarding", tags=["onboarding"])
+    # RequestRoute: each handler takes the request and returns its Response, so FastAPI's
+    # generic handler (dependencies, validation, serialisation) is skipped (iotrust.api.routes).
+    r = APIRouter(prefix="/v1/onboarding", tags=["onboarding"], route_class=RequestRoute)
 
     @r.post("/hello", response_class=Response, responses=_REFUSALS)
     async def hello(request: Request) -> Response:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import anyio
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
+from starlette.types import Message, Scope
 
 from iotrust.api import limits
 from iotrust.errors import InputError
@@ -75,3 +77,30 @@ def test_limit_from_environment() -> None:
         with pytest.raises(InputError) as info:
             limits.max_body_bytes_from_environment({limits.MAX_BODY_ENV: bad})
         assert info.value.reason == "invalid_body_limit"
+
+
+@pytest.mark.parametrize("headers", [
+    [(b"transfer-encoding", b"chunked")],
+    [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")],  # a parser may ignore CL
+    [(b"content-length", b"ten")],
+])
+def test_bodies_not_framed_by_a_valid_length_alone_are_counted(
+        headers: list[tuple[bytes, bytes]]) -> None:
+    """Only a body framed by a valid Content-Length alone skips the count (the server bounds it)."""
+    middleware = limits.BodyLimit(_app(), max_bytes=LIMIT)
+    chunks: list[Message] = [{"type": "http.request", "body": b"x" * 100, "more_body": True}] * 11
+    chunks.append({"type": "http.request", "body": b"", "more_body": False})
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return chunks.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {"type": "http", "method": "POST", "path": "/raw", "raw_path": b"/raw",
+             "query_string": b"", "headers": headers, "root_path": "", "scheme": "http",
+             "http_version": "1.1", "server": ("t", 80), "client": ("c", 1),
+             "asgi": {"version": "3.0"}}
+    anyio.run(middleware, scope, receive, send)
+    assert sent[0]["status"] == 413

@@ -1,11 +1,12 @@
 """The registry's storage: a :class:`Database` handing out :class:`Tx` units of work.
 
 The same code runs on SQLite (the embedded default: WAL, foreign keys on, every writing
-transaction begins with ``BEGIN IMMEDIATE`` so writers queue instead of failing half-way; on a
-database file they first queue on :class:`~iotrust.adapters.sql.writerlock.WriterQueue`, a lock
-file handed over within about a millisecond across processes, rather than on SQLite's busy
-handler, which sleeps up to 100 ms between retries: docs/adr/0004) and on PostgreSQL (READ COMMITTED; single-use nonces and lifecycle transitions
-are conditional ``UPDATE`` statements, the event-log head is locked with ``SELECT ... FOR UPDATE``).
+transaction begins with ``BEGIN IMMEDIATE`` so writers queue instead of failing half-way) and on
+PostgreSQL (READ COMMITTED; single-use nonces and lifecycle transitions are conditional
+``UPDATE`` statements, the event-log head is locked with ``SELECT ... FOR UPDATE``). On a SQLite
+file, writing transactions first queue on :class:`~iotrust.adapters.sql.writerlock.WriterQueue`,
+a lock file handed over within about a millisecond across processes, instead of in SQLite's
+busy handler, which sleeps up to 100 ms between retries (docs/adr/0004).
 
 :class:`Tx` methods take and return core values (:class:`~iotrust.core.lifecycle.Device` and the
 records of :mod:`iotrust.core.records`), never driver rows. Driver errors are translated at one
@@ -14,6 +15,15 @@ seam, :func:`_translate`: integrity violations become :class:`~iotrust.errors.Co
 ``reason``; anything else from the driver becomes :class:`~iotrust.errors.BackendError`
 (``database_busy`` or ``database_unavailable``). Each single-row write runs in a savepoint, so a
 refused write leaves the registry and the unit of work as they were.
+
+The statements of an onboarding (the session-context read, the event append with its head read,
+the inserts of sessions, hellos, credentials and keys, the conditional updates of sessions,
+credentials and devices, the admission counts, the device and domain reads) are hand-written SQL
+run on the driver's cursor (:mod:`~iotrust.adapters.sql.fastpath`), for speed: SQLAlchemy's
+``Connection.execute`` cost ≈ 80 µs of Python per statement around ≈ 15 µs of ``sqlite3``. With
+them the store's CPU per in-process onboarding fell from ≈ 3.4 ms to ≈ 1.4 ms. They keep the
+Core statements' semantics, value conversions, error translation and read-only checks; the
+rest of the store stays on SQLAlchemy Core.
 
 This module does not decide anything: no lifecycle rules, no hashing of events, no clock.
 """
@@ -24,14 +34,13 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sqlalchemy import (
-    BindParameter,
     Connection,
     CursorResult,
     Engine,
@@ -40,12 +49,10 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
-    case,
     cast,
     create_engine,
     delete,
     event,
-    exists,
     func,
     insert,
     literal,
@@ -63,6 +70,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import text
 
+from iotrust.adapters.sql import fastpath as fp
 from iotrust.adapters.sql import schema as s
 from iotrust.adapters.sql.writerlock import WriterQueue
 from iotrust.core.ingest import VerifiedMessage
@@ -251,12 +259,6 @@ _DEVICE_COLUMNS: Final = (
     s.devices.c.model, s.devices.c.retired_reason, s.devices.c.key_storage,
     s.devices.c.unsafe_admission,
 )
-_GET_DEVICE: Final = select(*_DEVICE_COLUMNS).where(s.devices.c.id == bindparam("id"))
-_FIND_DEVICE: Final = select(*_DEVICE_COLUMNS).where(
-    s.devices.c.manufacturer == bindparam("manufacturer"),
-    s.devices.c.serial == bindparam("serial"))
-_FIND_DEVICE_BY_KEY: Final = select(*_DEVICE_COLUMNS).where(
-    s.devices.c.factory_spki_sha256 == bindparam("spki"))
 _INSERT_DEVICE: Final = insert(s.devices)
 
 
@@ -386,123 +388,17 @@ def _policies_for_device_statement() -> Executable:
 
 _POLICIES_FOR_DEVICE: Final = _policies_for_device_statement()
 _DEVICE_STATE: Final = select(s.devices.c.state).where(s.devices.c.id == bindparam("id"))
-_GET_DOMAIN: Final = select(s.trust_domain).where(s.trust_domain.c.id == 1)
-_LOCK_EVENT_HEAD: Final = select(s.event_head.c.seq, s.event_head.c.hash).where(
-    s.event_head.c.id == 1).with_for_update()
-_INSERT_EVENT: Final = insert(s.events)
-_GET_MANUFACTURER: Final = select(s.manufacturers).where(
-    s.manufacturers.c.name == bindparam("name"))
 _GET_MODEL: Final = select(s.device_models).where(s.device_models.c.name == bindparam("name"))
-_ACTIVE_VOUCHER: Final = (
-    select(s.vouchers)
-    .where(s.vouchers.c.device_id == bindparam("device_id"), s.vouchers.c.superseded.is_(False))
-    .order_by(s.vouchers.c.id.desc()).limit(1))
-_TOUCH_LAST_SEEN: Final = update(s.devices).where(
-    s.devices.c.id == bindparam("b_id"),
-    s.devices.c.last_seen_at.is_(None) | (s.devices.c.last_seen_at < bindparam("b_at")),
-).values(last_seen_at=bindparam("b_at"))
 _LOCK_DEVICE: Final = select(s.devices.c.id).where(
     s.devices.c.id == bindparam("id")).with_for_update()
-_KEY_SEEN: Final = select(exists().where(s.seen_keys.c.spki_sha256 == bindparam("spki")))
 _GET_CREDENTIAL: Final = select(s.credentials).where(
     s.credentials.c.serial_number == bindparam("serial"))
 _GET_SESSION: Final = select(s.onboarding_sessions).where(
     s.onboarding_sessions.c.id == bindparam("id"))
-# attest's and confirm's one read: the device's columns first (positional for _device), then the
-# session's credential certificate, then the session row (by name; device columns are labelled).
-_SESSION_CONTEXT: Final = (
-    select(*(c.label(f"device_{c.name}") for c in _DEVICE_COLUMNS),
-           s.credentials.c.certificate_pem.label("credential_pem"), s.onboarding_sessions)
-    .select_from(s.onboarding_sessions
-                 .outerjoin(s.credentials, s.credentials.c.serial_number
-                            == s.onboarding_sessions.c.credential_serial)
-                 .outerjoin(s.devices, s.devices.c.id == s.onboarding_sessions.c.device_id))
-    .where(s.onboarding_sessions.c.id == bindparam("id")))
 _SESSION_BINDING: Final = select(
     s.onboarding_sessions.c.factory_spki, s.onboarding_sessions.c.voucher_sha256,
     s.onboarding_sessions.c.confirm_by, s.onboarding_sessions.c.key_storage,
 ).where(s.onboarding_sessions.c.id == bindparam("id"))
-
-
-def _live_session_statement() -> Executable:
-    t = s.onboarding_sessions
-    at: BindParameter[datetime] = bindparam("at")
-    live = ((t.c.state == SessionState.OPEN.value) & (t.c.expires_at > at)) | (
-        (t.c.state == SessionState.ATTESTED.value) & (t.c.confirm_by >= at))
-    return select(exists().where(t.c.device_id == bindparam("device_id"), live))
-
-
-_LIVE_SESSION: Final = _live_session_statement()
-# UPDATE parameters are named b_*: a parameter named like a column would also be SET.
-_ATTEST_SESSION: Final = update(s.onboarding_sessions).where(
-    s.onboarding_sessions.c.id == bindparam("b_id"),
-    s.onboarding_sessions.c.nonce_sha256 == bindparam("b_nonce"),
-    s.onboarding_sessions.c.consumed_at.is_(None),
-    s.onboarding_sessions.c.expires_at > bindparam("b_at"),
-    s.onboarding_sessions.c.state == SessionState.OPEN.value,
-).values(state=SessionState.ATTESTED.value, consumed_at=bindparam("b_at"),
-         confirm_by=bindparam("b_deadline"))
-_CONFIRM_SESSION: Final = update(s.onboarding_sessions).where(
-    s.onboarding_sessions.c.id == bindparam("b_id"),
-    s.onboarding_sessions.c.state == SessionState.ATTESTED.value,
-    s.onboarding_sessions.c.confirm_by >= bindparam("b_at"),
-).values(state=SessionState.CONFIRMED.value)
-_SET_SESSION_STATE_WITH_CREDENTIAL: Final = update(s.onboarding_sessions).where(
-    s.onboarding_sessions.c.id == bindparam("b_id"),
-    s.onboarding_sessions.c.state == bindparam("b_expected"),
-).values(state=bindparam("b_state"), credential_serial=bindparam("b_serial"))
-_SET_CREDENTIAL_STATE: Final = update(s.credentials).where(
-    s.credentials.c.serial_number == bindparam("b_serial"),
-    s.credentials.c.state == bindparam("b_expected"),
-).values(state=bindparam("b_state"))
-
-
-def _update_device_statement(*, seen: bool = False) -> Executable:
-    t = s.devices
-    stmt = (update(t)
-            .where(t.c.id == bindparam("key_id"), t.c.state == bindparam("expected_state"),
-                   t.c.manufacturer == bindparam("key_manufacturer"),
-                   t.c.serial == bindparam("key_serial"),
-                   t.c.factory_spki_sha256 == bindparam("key_spki"),
-                   t.c.vendor_id == bindparam("key_vendor"),
-                   t.c.product_id == bindparam("key_product"))
-            .values(owner=bindparam("new_owner"), model=bindparam("new_model"),
-                    state=bindparam("new_state"), retired_reason=bindparam("new_retired"),
-                    key_storage=bindparam("new_storage"),
-                    unsafe_admission=bindparam("new_unsafe"),
-                    updated_at=bindparam("new_updated_at")))
-    if seen:  # also a contact by the device: last_seen_at only moves forward
-        at = bindparam("new_seen_at", type_=t.c.last_seen_at.type)
-        stmt = stmt.values(last_seen_at=case(
-            (t.c.last_seen_at.is_(None) | (t.c.last_seen_at < at), at),
-            else_=t.c.last_seen_at))
-    return stmt
-
-
-_UPDATE_DEVICE: Final = _update_device_statement()
-_UPDATE_DEVICE_SEEN: Final = _update_device_statement(seen=True)
-_FIND_DEVICE_FOR_UPDATE: Final = _FIND_DEVICE.with_for_update()
-
-
-def _admission_statement() -> Executable:
-    a, t = s.onboarding_attempts, s.onboarding_sessions
-    since: BindParameter[datetime] = bindparam("since")
-    at: BindParameter[datetime] = bindparam("at")
-    per_serial = (select(func.count()).select_from(a)
-                  .where(a.c.serial == bindparam("serial"), a.c.at >= since).scalar_subquery())
-    per_source = (select(func.count()).select_from(a)
-                  .where(a.c.source == bindparam("source"), a.c.at >= since).scalar_subquery())
-    overdue = exists().where(t.c.state == SessionState.ATTESTED.value,
-                             t.c.confirm_by.is_(None) | (t.c.confirm_by < at))
-    stale = exists().where(t.c.state == SessionState.OPEN.value, t.c.expires_at <= at)
-    return select(per_serial, per_source, overdue | stale)
-
-
-_ADMISSION: Final = _admission_statement()
-_MOVE_EVENT_HEAD: Final = update(s.event_head).where(s.event_head.c.id == 1).values(
-    seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-_ALL_CAS: Final = select(s.certificate_authorities).order_by(
-    s.certificate_authorities.c.created_at, s.certificate_authorities.c.id)
 
 
 def _policy_record(row: Row[Any]) -> PolicyRecord:
@@ -513,6 +409,11 @@ def _policy_record(row: Row[Any]) -> PolicyRecord:
 def _check_limit(limit: int) -> None:
     if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
         raise InputError(f"limit must be between 1 and {MAX_PAGE}", reason="invalid_limit")
+
+
+_SAVEPOINT: Final = fp.Sql("SAVEPOINT iotrust_write")
+_ROLLBACK_TO_SAVEPOINT: Final = fp.Sql("ROLLBACK TO SAVEPOINT iotrust_write")
+_RELEASE_SAVEPOINT: Final = fp.Sql("RELEASE SAVEPOINT iotrust_write")
 
 
 class _Unread:
@@ -790,7 +691,7 @@ class Database:
         finally:
             try:
                 if tx is not None:
-                    tx._closed = True  # noqa: SLF001 - the Database owns its transactions
+                    tx._end()  # noqa: SLF001 - the Database owns its transactions
                 conn.close()
             finally:
                 if queued is not None:
@@ -817,8 +718,93 @@ class Tx:
         self._cas_memo: list[CertificateAuthority] | None = None
         # The event-log head, once locked by this transaction (it cannot move under the lock).
         self._head_memo: EventHead | _Unread | None = _UNREAD
+        # The hand-written statements' dialect and the driver cursor they run on (fastpath).
+        self._fp = fp.dialect_for(conn.dialect.name)
+        self._dt = self._fp.dt_in
+        self._cursor: Any = None
+
+    def _end(self) -> None:
+        """The unit of work is over (committed or rolled back): nothing runs on it any more."""
+        self._closed = True
+        cursor, self._cursor = self._cursor, None
+        if cursor is not None:
+            with suppress(Exception):  # the connection may be gone already
+                cursor.close()
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    def _run(self, sql: fp.Sql, params: Mapping[str, Any] | None, *, rows: bool) -> Any:  # noqa: ANN401
+        """Run a hand-written statement on the driver's cursor (:mod:`.fastpath`).
+
+        Returns its rows (``rows``) or its row count. Driver errors come out wrapped as
+        SQLAlchemy's (``IntegrityError`` and other ``DBAPIError``), as from ``_exec``.
+        """
+        if self._closed:
+            raise RuntimeError("transaction already ended")
+        cursor = self._cursor
+        if cursor is None:
+            driver = self._conn.connection.driver_connection
+            if driver is None:
+                raise RuntimeError("transaction already ended")
+            cursor = self._cursor = driver.cursor()
+        text_ = sql.text(self._fp)
+        dialect = self._conn.dialect
+        try:
+            cursor.execute(text_, params if params is not None else {})
+            if rows:
+                return sql.rows(cursor.fetchall(), self._fp)
+        except dialect.loaded_dbapi.Error as exc:
+            invalidated = not self._sqlite and dialect.is_disconnect(
+                exc, self._conn.connection.dbapi_connection, cursor)
+            if invalidated:
+                self._cursor = None
+                self._conn.invalidate(exc)
+            raise DBAPIError.instance(text_, None, exc, dialect.loaded_dbapi.Error,
+                                      hide_parameters=True, connection_invalidated=invalidated,
+                                      dialect=dialect) from None
+        return cursor.rowcount
+
+    def _query(self, sql: fp.Sql, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """A hand-written query's rows (named tuples for :class:`~.fastpath.Sql` with fields)."""
+        try:
+            return self._run(sql, params, rows=True)  # type: ignore[no-any-return]
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            raise _translate(exc) from None
+
+    def _update(self, sql: fp.Sql, params: Mapping[str, Any]) -> int:
+        """A hand-written write's row count (integrity violations are not expected: re-raised)."""
+        try:
+            return int(self._run(sql, params, rows=False))
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            raise _translate(exc) from None
+
+    def _insert_raw(self, table: Table, sql: fp.Sql, params: Mapping[str, Any],
+                    row: Mapping[str, Any]) -> None:
+        """:meth:`_write_row` for a hand-written one-row write (``row``: the values, unconverted).
+
+        Bare on SQLite, in a savepoint on PostgreSQL; a refused write raises the same precise
+        error and leaves the unit of work as it was.
+        """
+        self._writable()
+        try:
+            if self._sqlite:
+                self._run(sql, params, rows=False)
+                return
+            self._run(_SAVEPOINT, None, rows=False)
+            try:
+                self._run(sql, params, rows=False)
+            except BaseException:
+                self._run(_ROLLBACK_TO_SAVEPOINT, None, rows=False)
+                raise
+            self._run(_RELEASE_SAVEPOINT, None, rows=False)
+        except IntegrityError as exc:
+            raise self._integrity(exc, table, row) from None
+        except DBAPIError as exc:
+            raise _translate(exc) from None
 
     def _exec(self, stmt: Executable, params: Any = None) -> CursorResult[Any]:  # noqa: ANN401
         if self._closed:
@@ -916,8 +902,8 @@ class Tx:
     def get_domain(self) -> TrustDomain | None:
         """The trust domain, or ``None`` before ``iotrust init`` (read once per transaction)."""
         if isinstance(self._domain_memo, _Unread):
-            row = self._exec(_GET_DOMAIN).first()
-            self._domain_memo = _domain(row) if row is not None else None
+            rows = self._query(fp.GET_DOMAIN)
+            self._domain_memo = _domain(rows[0]) if rows else None
         return self._domain_memo
 
     def create_domain(self, domain: TrustDomain) -> None:
@@ -950,7 +936,7 @@ class Tx:
     def _all_cas(self) -> list[CertificateAuthority]:
         """Every CA, oldest first: one read per transaction, forgotten by this Tx's CA writes."""
         if self._cas_memo is None:
-            self._cas_memo = [_ca(r) for r in self._exec(_ALL_CAS)]
+            self._cas_memo = [_ca(r) for r in self._query(fp.ALL_CAS)]
         return self._cas_memo
 
     def get_ca(self, ca_id: str) -> CertificateAuthority:
@@ -1021,10 +1007,10 @@ class Tx:
 
     def get_manufacturer(self, name: str) -> Manufacturer:
         """One manufacturer; ``NotFoundError(unknown_manufacturer)``."""
-        row = self._exec(_GET_MANUFACTURER, {"name": name}).first()
-        if row is None:
+        rows = self._query(fp.GET_MANUFACTURER, {"name": name})
+        if not rows:
             raise NotFoundError(f"no manufacturer {name!r:.80}", reason="unknown_manufacturer")
-        return _manufacturer(row)
+        return _manufacturer(rows[0])
 
     def list_manufacturers(self) -> list[Manufacturer]:
         """All manufacturers by name."""
@@ -1104,15 +1090,15 @@ class Tx:
 
     def get_device(self, device_id: str) -> Device:
         """One device by id; ``NotFoundError(unknown_device)``."""
-        row = self._exec(_GET_DEVICE, {"id": device_id}).first()
-        if row is None:
+        rows = self._query(fp.GET_DEVICE, {"id": device_id})
+        if not rows:
             raise NotFoundError(f"no device {device_id!r:.80}", reason="unknown_device")
-        return _device(row)
+        return _device(rows[0])
 
     def find_device(self, manufacturer: str, serial: str) -> Device | None:
         """The device with this manufacturer serial, if any."""
-        row = self._exec(_FIND_DEVICE, {"manufacturer": manufacturer, "serial": serial}).first()
-        return _device(row) if row is not None else None
+        rows = self._query(fp.FIND_DEVICE, {"manufacturer": manufacturer, "serial": serial})
+        return _device(rows[0]) if rows else None
 
     def find_device_for_update(self, manufacturer: str, serial: str) -> Device | None:
         """:meth:`find_device` and hold the device's row until the transaction ends.
@@ -1121,14 +1107,14 @@ class Tx:
         lock is granted); SQLite's ``BEGIN IMMEDIATE`` already serialises writers.
         """
         self._writable()
-        row = self._exec(_FIND_DEVICE_FOR_UPDATE,
-                         {"manufacturer": manufacturer, "serial": serial}).first()
-        return _device(row) if row is not None else None
+        rows = self._query(fp.FIND_DEVICE_FOR_UPDATE,
+                           {"manufacturer": manufacturer, "serial": serial})
+        return _device(rows[0]) if rows else None
 
     def find_device_by_factory_key(self, spki_sha256: str) -> Device | None:
         """The device whose factory key has this SPKI SHA-256, if any."""
-        row = self._exec(_FIND_DEVICE_BY_KEY, {"spki": spki_sha256}).first()
-        return _device(row) if row is not None else None
+        rows = self._query(fp.FIND_DEVICE_BY_KEY, {"spki": spki_sha256})
+        return _device(rows[0]) if rows else None
 
     def update_device(self, new: Device, *, expected_state: DeviceState,
                       seen_at: datetime | None = None) -> None:
@@ -1150,13 +1136,13 @@ class Tx:
             "new_retired": (new.retired_reason.value
                             if new.retired_reason is not None else None),
             "new_storage": new.key_storage.value, "new_unsafe": new.unsafe_admission,
-            "new_updated_at": new.updated_at}
+            "new_updated_at": self._dt(new.updated_at)}
         if seen_at is None:
-            result = self._exec(_UPDATE_DEVICE, params)
+            done = self._update(fp.UPDATE_DEVICE, params)
         else:
-            params["new_seen_at"] = seen_at
-            result = self._exec(_UPDATE_DEVICE_SEEN, params)
-        if result.rowcount == 1:
+            params["new_seen_at"] = self._dt(seen_at)
+            done = self._update(fp.UPDATE_DEVICE_SEEN, params)
+        if done == 1:
             return
         current = self.get_device(new.id)
         if current.state is not expected_state:
@@ -1194,7 +1180,7 @@ class Tx:
     def touch_last_seen(self, device_id: str, at: datetime) -> None:
         """Record a contact by the device (only moves forward; unknown ids are ignored)."""
         self._writable()
-        self._exec(_TOUCH_LAST_SEEN, {"b_id": device_id, "b_at": at})
+        self._update(fp.TOUCH_LAST_SEEN, {"id": device_id, "at": self._dt(at)})
 
     def get_last_seen(self, device_id: str) -> datetime | None:
         """When the device was last seen; ``NotFoundError(unknown_device)``."""
@@ -1229,8 +1215,8 @@ class Tx:
 
     def get_active_voucher(self, device_id: str) -> Voucher | None:
         """The device's current (not superseded) voucher, if any."""
-        row = self._exec(_ACTIVE_VOUCHER, {"device_id": device_id}).first()
-        return _voucher(row) if row is not None else None
+        rows = self._query(fp.ACTIVE_VOUCHER, {"device_id": device_id})
+        return _voucher(rows[0]) if rows else None
 
     # -- credentials -------------------------------------------------------------------------
 
@@ -1240,7 +1226,11 @@ class Tx:
         ``ConflictError`` with ``duplicate_credential_serial`` or ``duplicate_credential_key``;
         ``NotFoundError`` with ``unknown_device`` or ``unknown_ca``.
         """
-        self._insert(s.credentials, _credential_row(c))
+        row = _credential_row(c)
+        dt = self._dt
+        self._insert_raw(s.credentials, fp.INSERT_CREDENTIAL, row | {
+            "not_before": dt(c.not_before), "not_after": dt(c.not_after),
+            "revoked_at": dt(c.revoked_at), "created_at": dt(c.created_at)}, row)
 
     def get_credential(self, serial_hex: str) -> Credential:
         """One credential by certificate serial (lowercase hex); ``NotFoundError``."""
@@ -1274,11 +1264,11 @@ class Tx:
         revoking = new_state is CredentialState.REVOKED
         if revoking != (revoked_at is not None):
             raise TypeError("revoked_at is required exactly when revoking")
-        if expected is not None and not revoking:  # the confirm's prebuilt form
-            result = self._exec(_SET_CREDENTIAL_STATE, {
-                "b_serial": serial_hex, "b_expected": CredentialState(expected).value,
-                "b_state": new_state.value})
-            if result.rowcount == 1:
+        if expected is not None and not revoking:  # the confirm's hand-written form
+            done = self._update(fp.SET_CREDENTIAL_STATE, {
+                "serial": serial_hex, "expected": CredentialState(expected).value,
+                "state": new_state.value})
+            if done == 1:
                 return
             current = self.get_credential(serial_hex)
             raise ConflictError(f"credential {serial_hex} is {current.state.value}",
@@ -1318,9 +1308,9 @@ class Tx:
                    at: datetime) -> None:
         """Remember a public key; ``ConflictError(key_reused)`` if it was ever seen before."""
         check_sha256_hex(spki_sha256, "key hash")
-        self._insert(s.seen_keys, {"spki_sha256": spki_sha256,
-                                   "kind": as_enum(KeyKind, kind, "key_kind").value,
-                                   "device_id": device_id, "first_seen_at": at})
+        row = {"spki_sha256": spki_sha256, "kind": as_enum(KeyKind, kind, "key_kind").value,
+               "device_id": device_id, "first_seen_at": at}
+        self._insert_raw(s.seen_keys, fp.INSERT_KEY, row | {"first_seen_at": self._dt(at)}, row)
 
     def record_keys(self, keys: Sequence[tuple[str, KeyKind | str, str | None, datetime]],
                     ) -> None:
@@ -1334,7 +1324,7 @@ class Tx:
 
     def key_seen(self, spki_sha256: str) -> bool:
         """Whether this public key was ever recorded."""
-        return bool(self._exec(_KEY_SEEN, {"spki": spki_sha256}).scalar())
+        return bool(self._query(fp.KEY_SEEN, {"spki": spki_sha256})[0][0])
 
     # -- onboarding sessions -----------------------------------------------------------------
 
@@ -1375,12 +1365,12 @@ class Tx:
                           credential_serial: str | None = None) -> None:
         """Move a session to ``state`` (compare-and-set with ``expected``)."""
         self._writable()
-        if expected is not None and credential_serial is not None:  # the attest's prebuilt form
-            result = self._exec(_SET_SESSION_STATE_WITH_CREDENTIAL, {
-                "b_id": session_id, "b_serial": credential_serial,
-                "b_expected": as_enum(SessionState, expected, "session_state").value,
-                "b_state": as_enum(SessionState, state, "session_state").value})
-            if result.rowcount == 1:
+        if expected is not None and credential_serial is not None:  # the attest's form
+            done = self._update(fp.SET_SESSION_STATE_WITH_CREDENTIAL, {
+                "id": session_id, "serial": credential_serial,
+                "expected": as_enum(SessionState, expected, "session_state").value,
+                "state": as_enum(SessionState, state, "session_state").value})
+            if done == 1:
                 return
             current = self.get_session(session_id)
             raise ConflictError(f"onboarding session is {current.state}",
@@ -1460,8 +1450,8 @@ class Tx:
         self._writable()
         head = self._head_memo
         if isinstance(head, _Unread):  # first append of this unit of work: lock and read
-            locked = self._exec(_LOCK_EVENT_HEAD).one()
-            head = EventHead(int(locked.seq), locked.hash) if locked.seq else None
+            (locked,) = self._query(fp.LOCK_EVENT_HEAD)
+            head = EventHead(int(locked[0]), locked[1]) if locked[0] else None
             self._head_memo = head
         row = make(head)
         expected_seq = head.seq + 1 if head is not None else 1
@@ -1471,19 +1461,15 @@ class Tx:
                   "device_id": row.device_id, "reason": row.reason, "data": row.data,
                   "prev_hash": row.prev_hash, "hash": row.hash}
         self._head_memo = _UNREAD  # re-read after a failure below
-        if self._closed:
-            raise RuntimeError("transaction already ended")
         # No savepoint even on PostgreSQL: under the head lock the sequence number cannot be
         # taken, so a failure here is a bug that must end the unit of work anyway.
         try:
-            self._conn.execute(_INSERT_EVENT, values)
+            self._run(fp.INSERT_EVENT, values | {"at": self._dt(row.at)}, rows=False)
         except IntegrityError as exc:
             raise self._integrity(exc, s.events, values) from None
         except DBAPIError as exc:
             raise _translate(exc) from None
-        except StatementError as exc:
-            raise _unwrap(exc) from None
-        self._exec(_MOVE_EVENT_HEAD, {"new_seq": row.seq, "new_hash": row.hash})
+        self._update(fp.MOVE_EVENT_HEAD, {"seq": row.seq, "hash": row.hash})
         self._head_memo = EventHead(row.seq, row.hash)
         return row
 
@@ -1533,14 +1519,18 @@ class Tx:
         if key_storage is not None and (not isinstance(key_storage, str)
                                         or not 0 < len(key_storage) <= 16):  # noqa: PLR2004
             raise InputError("key storage must be 1..16 characters", reason="invalid_key_storage")
-        self._insert(s.onboarding_sessions, {
+        row = {
             "id": session.id, "device_id": session.device_id, "serial": session.serial,
             "nonce_sha256": session.nonce_sha256, "device_nonce": session.device_nonce,
             "expires_at": session.expires_at, "consumed_at": session.consumed_at,
             "state": str(session.state), "source": session.source,
             "credential_serial": session.credential_serial, "created_at": session.created_at,
             "factory_spki": factory_spki, "voucher_sha256": voucher_sha256, "confirm_by": None,
-            "key_storage": key_storage})
+            "key_storage": key_storage}
+        dt = self._dt
+        self._insert_raw(s.onboarding_sessions, fp.INSERT_SESSION, row | {
+            "expires_at": dt(session.expires_at), "consumed_at": dt(session.consumed_at),
+            "created_at": dt(session.created_at)}, row)
 
     def get_session_and_binding(self, session_id: str,
                                 ) -> tuple[OnboardingSession, SessionBinding] | None:
@@ -1561,10 +1551,11 @@ class Tx:
 
         One read (onboarding's attest and confirm); the last two are ``None`` when absent.
         """
-        row = self._exec(_SESSION_CONTEXT, {"id": session_id}).first()
-        if row is None:
+        rows = self._query(fp.SESSION_CONTEXT, {"id": session_id})
+        if not rows:
             return None
-        width = len(_DEVICE_COLUMNS)
+        row = rows[0]
+        width = len(fp.DEVICE_FIELDS)
         device = _device(row[:width]) if row[0] is not None else None
         spki = bytes(row.factory_spki) if row.factory_spki is not None else None
         return (_session(row), SessionBinding(factory_spki=spki,
@@ -1595,7 +1586,8 @@ class Tx:
 
         Live: open and unexpired, or attested and not past its confirmation deadline.
         """
-        return bool(self._exec(_LIVE_SESSION, {"device_id": device_id, "at": at}).scalar())
+        return bool(self._query(fp.LIVE_SESSION, {"device_id": device_id,
+                                                   "at": self._dt(at)})[0][0])
 
     def attest_session(self, session_id: str, nonce_sha256: str, at: datetime,
                        confirm_by: datetime) -> bool:
@@ -1605,15 +1597,14 @@ class Tx:
         ``True`` for exactly one caller, ever.
         """
         self._writable()
-        result = self._exec(_ATTEST_SESSION, {"b_id": session_id, "b_nonce": nonce_sha256,
-                                              "b_at": at, "b_deadline": confirm_by})
-        return result.rowcount == 1
+        return self._update(fp.ATTEST_SESSION, {"id": session_id, "nonce": nonce_sha256,
+                                                "at": self._dt(at),
+                                                "deadline": self._dt(confirm_by)}) == 1
 
     def confirm_session(self, session_id: str, at: datetime) -> bool:
         """Move attested → confirmed unless the deadline passed; ``True`` for one caller only."""
         self._writable()
-        result = self._exec(_CONFIRM_SESSION, {"b_id": session_id, "b_at": at})
-        return result.rowcount == 1
+        return self._update(fp.CONFIRM_SESSION, {"id": session_id, "at": self._dt(at)}) == 1
 
     def refuse_session(self, session_id: str, *, expected: SessionState) -> bool:
         """``expected`` → refused (compare-and-set); ``False`` if the session moved on."""
@@ -1657,7 +1648,9 @@ class Tx:
         """Count one onboarding hello (``serial`` is ``None`` for a malformed one)."""
         if not isinstance(source, str) or not 0 < len(source) <= 200:  # noqa: PLR2004
             raise InputError("source must be 1..200 characters", reason="invalid_source")
-        self._insert(s.onboarding_attempts, {"serial": serial, "source": source, "at": at})
+        row = {"serial": serial, "source": source, "at": at}
+        self._insert_raw(s.onboarding_attempts, fp.INSERT_ATTEMPT, row | {"at": self._dt(at)},
+                         row)
 
     def count_onboarding_attempts(self, *, since: datetime, serial: str | None = None,
                                   source: str | None = None) -> int:
@@ -1681,8 +1674,8 @@ class Tx:
         nonce expired or an attested session's confirmation deadline passed by ``at`` (the work
         of the unconfirmed-session sweep).
         """
-        row = self._exec(_ADMISSION, {"since": since, "serial": serial, "source": source,
-                                      "at": at}).one()
+        (row,) = self._query(fp.ADMISSION, {"since": self._dt(since), "serial": serial,
+                                            "source": source, "at": self._dt(at)})
         return int(row[0]), int(row[1]), bool(row[2])
 
     def prune_onboarding_attempts(self, before: datetime) -> int:

@@ -236,6 +236,26 @@ def test_a_rate_limited_hello_is_not_decided(
         fleet.update_domain_settings(onboarding_rate_per_serial=5)
 
 
+def test_a_hello_limited_as_read_but_admitted_under_the_lock_is_decided_there(
+        fleet: Fleet, db: Database, clock: FixedClock, fresh: Callable[[str], FleetDevice],
+        before_write: Callable[[Callable[[], object]], None]) -> None:
+    fleet.update_domain_settings(onboarding_rate_per_source=1)
+    try:
+        svc = OnboardingService(db, clock, fleet.settings, fleet.secrets)
+        first, second = fresh(), fresh()
+        say_hello(svc, first, clock, source="192.0.2.77")
+
+        def forget_attempts() -> None:
+            with db.transaction() as tx:
+                tx.prune_onboarding_attempts(clock.now() + timedelta(days=1))
+
+        before_write(forget_attempts)
+        session = say_hello(svc, second, clock, source="192.0.2.77")
+        assert session.serial == second.serial
+    finally:
+        fleet.update_domain_settings(onboarding_rate_per_source=300)
+
+
 # --- attest ----------------------------------------------------------------------------------
 
 def test_attest_retired_meanwhile_issues_nothing_and_burns_the_nonce(

@@ -248,8 +248,8 @@ class _HelloFacts:
 class _Judged:
     """A hello decided before its write transaction.
 
-    ``facts`` and ``outcome`` are ``None`` when it was not decided (the rate limits as read
-    would refuse it).
+    All ``None`` when it was not decided (the rate limits as read would refuse it): then not
+    even its leaf certificate was parsed.
     """
 
     maker_name: str | None
@@ -418,7 +418,6 @@ class OnboardingService:
         A hello the rate limits would refuse (as read here) is not decided at all: refusing it
         must stay cheap. The write transaction checks the limits again either way.
         """
-        maker_name, spki = _claimed_identity(req)
         with self._db.transaction(readonly=True) as tx:
             domain = require_domain(tx)
             config = OnboardingConfig.from_settings(domain.settings)
@@ -426,7 +425,8 @@ class OnboardingService:
                 since=now - timedelta(seconds=config.rate_window_s), serial=seen.serial,
                 source=seen.source, at=now)
             if _over_limit(config, seen, per_serial, per_source) is not None:
-                return _Judged(maker_name, spki, None, None)
+                return _Judged(None, None, None, None)
+            maker_name, spki = _claimed_identity(req)
             facts = self._hello_facts(tx, domain, req, maker_name, spki, for_update=False)
         return _Judged(maker_name, spki, facts, _judge_hello(req, now, facts))
 
@@ -469,8 +469,9 @@ class OnboardingService:
                 raise parse_error
             if req is None or judged is None:  # parse_error is None exactly when req is set
                 raise RuntimeError("unreachable: no request and no parse error")
-            facts = self._hello_facts(tx, domain, req, judged.maker_name, judged.spki,
-                                      for_update=True)
+            maker_name, spki = ((judged.maker_name, judged.spki) if judged.facts is not None
+                                else _claimed_identity(req))
+            facts = self._hello_facts(tx, domain, req, maker_name, spki, for_update=True)
             if facts.device is not None:
                 seen.device_id = facts.device.id
             outcome = (judged.outcome if judged.facts == facts and judged.outcome is not None

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -269,3 +270,54 @@ def test_rate_limits(world: World) -> None:
     finally:
         world.fleet.update_domain_settings(onboarding_rate_per_source=300)
     assert http_hello(world, other)[0].status_code == 200
+
+
+def _raw_exchange(w: World, request: bytes) -> tuple[int, bytes, bool]:
+    """Write ``request`` on a new socket; the status, body and whether the server then closed."""
+    host, port = str(w.http.base_url.host), int(w.http.base_url.port or 80)
+    with socket.create_connection((host, port), timeout=30) as conn:
+        with suppress(BrokenPipeError, ConnectionResetError):  # the server may answer early
+            conn.sendall(request)
+        data = b""
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                break
+            data += chunk
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                           if line.lower().startswith(b"content-length:")), None)
+            if sep and length is not None and len(rest) >= length:
+                # the body is complete: has the server closed the connection too?
+                conn.settimeout(5)
+                try:
+                    closed = conn.recv(1) == b""
+                except (TimeoutError, ConnectionResetError):
+                    closed = False
+                return int(head.split(b" ")[1]), rest[:length], closed
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), rest, True
+
+
+def test_the_server_bounds_heads_and_bodies(world: World) -> None:
+    """``iotrust serve`` refuses an oversized request head (400) and body (413) and closes."""
+    path = b"/v1/onboarding/hello"
+    # a head still incomplete past 16 KiB (no blank line yet): the server stops reading it
+    status, _, closed = _raw_exchange(world, b"POST " + path + b" HTTP/1.1\r\nHost: t\r\n"
+                                      + b"X-Big: " + b"a" * 20_000 + b"\r\n")
+    assert (status, closed) == (400, True)
+    big = str(1024 * 1024 + 1).encode()
+    status, body, closed = _raw_exchange(world, b"POST " + path + b" HTTP/1.1\r\nHost: t\r\n"
+                                         b"Content-Length: " + big + b"\r\n\r\n")
+    assert (status, json.loads(body)["reason"], closed) == (413, "too_large", True)
+    # A chunked body is counted as it is read: an operator route reads its JSON body whole
+    # (the device routes stop reading at their message bound).
+    chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+    status, body, closed = _raw_exchange(world, b"POST /v1/manufacturers HTTP/1.1\r\nHost: t\r\n"
+                                         b"Content-Type: application/json\r\n"
+                                         b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 17
+                                         + b"0\r\n\r\n")
+    assert (status, json.loads(body)["reason"]) == (413, "too_large")

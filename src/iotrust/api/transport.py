@@ -13,10 +13,11 @@ What this class adds to uvicorn's ``HttpToolsProtocol``:
   ACK (about 40 ms on Linux). uvloop already sets it; setting it here keeps the fix whatever loop
   runs the server.
 - A bound on the request head (request line and headers): :data:`MAX_HEAD_BYTES`, the bound h11
-  applies (16 KiB). httptools has none: it would buffer a URL or header section of any size. A
-  head that passes the bound gets uvicorn's usual ``400 Invalid HTTP request received.`` and the
-  connection is closed, as with h11. Bytes are counted per read while a head is incomplete, so the
-  parser never holds more than the bound plus one read.
+  applies (16 KiB). httptools has none: it would buffer a URL or header section of any size. As
+  with h11, which checks its buffer only while it waits for the end of a head, a head still
+  incomplete after more than the bound gets uvicorn's usual ``400 Invalid HTTP request
+  received.`` and the connection is closed. Bytes are counted per read, so the parser never holds
+  more than the bound plus one read (a complete head within one read is parsed, as with h11).
 
 Request bodies are bounded by the app (:mod:`iotrust.api.limits`), not here.
 """

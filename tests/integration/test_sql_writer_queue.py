@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import multiprocessing
 import os
 import stat
@@ -10,6 +11,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,8 +81,42 @@ def test_two_processes_and_their_threads_write_concurrently(tmp_path: Path) -> N
         assert {e.kind for e in events} == {"p0", "p1", "t0", "t1"}
     finally:
         db.close()
-    mode = stat.S_IMODE(_lock_path(db_file).stat().st_mode)
-    assert mode & 0o077 == 0
+    for path in (_lock_path(db_file), db_file.with_name(db_file.name + ".writer-gate")):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+
+def _eager_writer(url: str, kind: str, count: int, start: Any) -> None:
+    db = Database.open(url, create=False)
+    try:
+        start.wait()
+        for _ in range(count):  # always ready to write again: the queue must still take turns
+            with db.transaction() as tx:
+                tx.append_event(_chained(kind))
+    finally:
+        db.close()
+
+
+def test_two_eager_processes_take_turns(tmp_path: Path) -> None:
+    """Whoever waits at the gate writes next: a process cannot keep the lock to itself."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    Database.open(url).close()
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)  # both opened the database: go
+    procs = [ctx.Process(target=_eager_writer, args=(url, f"p{n}", 40, start)) for n in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    db = Database.open(url, create=False)
+    try:
+        with db.transaction(readonly=True) as tx:
+            kinds = [e.kind for e in tx.iter_events()]
+    finally:
+        db.close()
+    assert sorted(kinds) == ["p0"] * 40 + ["p1"] * 40
+    turns = sum(1 for a, b in itertools.pairwise(kinds) if a != b)
+    assert turns >= 40  # strict alternation once both run (79); without the gate: long runs
 
 
 def test_the_lock_is_released_after_commit_and_after_exceptions(tmp_path: Path) -> None:

@@ -12,6 +12,14 @@ its own, mode 0600, next to the database; it holds no data), polled without bloc
 not keep the threads of one process apart. A writer therefore reaches ``BEGIN IMMEDIATE`` only
 when the previous one is done, and gets there within about a millisecond.
 
+Polling alone is not fair: a process with more work re-takes the lock microseconds after
+releasing it, while the others sleep between polls, so they could wait until their timeout.
+So a writer first passes a gate, ``<database>.writer-gate``, holds it while it waits for the
+lock and lets it go once it has the lock. The next writer is the one holding the gate: a
+process cannot take the lock twice in a row while another one is waiting at the gate (two
+processes strictly alternate; with more, who passes the gate next is a race, but one held
+for a single transaction at a time).
+
 Every process that opens the registry through :class:`~iotrust.adapters.sql.store.Database`
 queues here (``serve`` workers, the CLI, benchmarks). A process that does not (an older
 iotrust, the ``sqlite3`` shell) still meets ``BEGIN IMMEDIATE`` and the busy timeout as before;
@@ -42,9 +50,10 @@ class WriterQueue:
 
     def __init__(self, lock_path: Path, timeout_s: float) -> None:
         self._path = lock_path
+        self._gate_path = lock_path.with_name(lock_path.name.removesuffix("-lock") + "-gate")
         self._timeout_s = timeout_s
         self._threads = threading.Lock()
-        self._fd: int | None = None
+        self._fds: tuple[int, int] | None = None  # (gate, lock)
         self._pid = os.getpid()
         self._usable = True
 
@@ -53,19 +62,26 @@ class WriterQueue:
         """The lock file."""
         return self._path
 
-    def _file(self) -> int | None:
-        """The lock file's descriptor (opened once per process; ``None``: cannot be opened)."""
-        if self._fd is None and self._usable:
+    def _files(self) -> tuple[int, int] | None:
+        """The gate's and the lock's descriptors (opened once per process; ``None``: unusable)."""
+        if self._fds is None and self._usable:
             try:
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                gate = _open(self._gate_path)
+                try:
+                    lock = _open(self._path)
+                except OSError:
+                    os.close(gate)
+                    raise
             except OSError:  # e.g. a read-only folder: writers fall back to the busy timeout
                 self._usable = False
-        return self._fd
+            else:
+                self._fds = (gate, lock)
+        return self._fds
 
     def _after_fork(self) -> None:
-        """A child must not share its parent's open file description (nor its thread lock)."""
+        """A child must not share its parent's open file descriptions (nor its thread lock)."""
         self._threads = threading.Lock()
-        self._fd = None  # the inherited descriptor stays open: closing it is the parent's
+        self._fds = None  # the inherited descriptors stay open: closing them is the parent's
         self._pid = os.getpid()
 
     def acquire(self) -> None:
@@ -76,8 +92,7 @@ class WriterQueue:
         if not self._threads.acquire(timeout=self._timeout_s):
             raise _busy()
         try:
-            fd = self._file()
-            got = fd is None or _flock_until(fd, deadline)
+            got = self._take(deadline)
         except BaseException:
             self._threads.release()
             raise
@@ -85,19 +100,36 @@ class WriterQueue:
             self._threads.release()
             raise _busy()
 
+    def _take(self, deadline: float) -> bool:
+        fds = self._files()
+        if fds is None:
+            return True
+        gate, lock = fds
+        if not _flock_until(gate, deadline):
+            return False
+        try:
+            return _flock_until(lock, deadline)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
     def release(self) -> None:
         """Let the next writer in (call exactly once per successful :meth:`acquire`)."""
         try:
-            if self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._fds is not None:
+                fcntl.flock(self._fds[1], fcntl.LOCK_UN)
         finally:
             self._threads.release()
 
     def close(self) -> None:
-        """Close the lock file (the file itself stays: other processes may be using it)."""
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = None
+        """Close the lock files (the files stay: other processes may be using them)."""
+        if self._fds is not None and self._pid == os.getpid():
+            for fd in self._fds:
+                os.close(fd)
+        self._fds = None
+
+
+def _open(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 def _flock_until(fd: int, deadline: float) -> bool:

@@ -18,6 +18,9 @@ What this class adds to uvicorn's ``HttpToolsProtocol``:
   incomplete after more than the bound gets uvicorn's usual ``400 Invalid HTTP request
   received.`` and the connection is closed. Bytes are counted per read, so the parser never holds
   more than the bound plus one read (a complete head within one read is parsed, as with h11).
+  A read in which a request ended and the next one's head began (pipelining) is not counted:
+  which of its bytes belong to the new head is unknown, and charging the whole read would refuse
+  a small head behind a large request, which h11 serves; counting resumes with the next read.
 
 Request bodies are bounded by the app (:mod:`iotrust.api.limits`), not here.
 """
@@ -49,6 +52,8 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
 
     _in_head = False  # a request has begun and its headers are not complete yet
     _head_bytes = 0  # bytes read while that head was incomplete
+    _began_in_read = False  # a request began during the current read
+    _ended_in_read = False  # a request ended during the current read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Disable Nagle on the connection, then hand over to uvicorn."""
@@ -57,9 +62,13 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse as uvicorn does, then refuse a request head that grew past the bound."""
+        self._began_in_read = self._ended_in_read = False
         super().data_received(data)
         if self._in_head and not self.transport.is_closing():
-            self._head_bytes += len(data)
+            # The whole read is this head's unless the head began after a request that ended
+            # in this same read (pipelined): then its share is unknown (module doc).
+            if not (self._began_in_read and self._ended_in_read):
+                self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._in_head = False
                 self.logger.warning("Request head larger than %d bytes.", MAX_HEAD_BYTES)
@@ -69,9 +78,15 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         """A new request: its head is counted until the headers are complete."""
         self._in_head = True
         self._head_bytes = 0
+        self._began_in_read = True
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         """The head is complete: stop counting."""
         self._in_head = False
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        """A request ended (its body too): a head beginning later in this read is pipelined."""
+        self._ended_in_read = True
+        super().on_message_complete()

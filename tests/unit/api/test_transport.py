@@ -176,3 +176,17 @@ def test_ambiguous_or_unparsable_framing_gets_400(server: uvicorn.Server, header
         conn.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\nabc")
         assert _response(conn)[0] == 400
         assert _closed(conn)
+
+
+def test_a_pipelined_head_is_not_charged_for_the_request_before_it(
+        server: uvicorn.Server) -> None:
+    # One read holds a complete request with a 15 KiB head and the start of the next request:
+    # only the incomplete head counts toward the bound (as with h11), so both are served.
+    first = (b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Filler: "
+             + b"a" * (transport.MAX_HEAD_BYTES - 1000) + b"\r\n\r\n")
+    second = b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Filler: " + b"b" * 2000
+    with _connect(server) as conn:
+        conn.sendall(first + second)
+        assert _response(conn)[0] == 200
+        conn.sendall(b"\r\n\r\n")
+        assert _response(conn)[0] == 200

@@ -186,3 +186,34 @@ def test_memory_databases_have_no_queue(tmp_path: Path) -> None:
     finally:
         db.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_while_taking_the_lock_leaves_nothing_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A KeyboardInterrupt (any BaseException) that lands after the writer lock was taken but
+    # before acquire() returned (here: while the gate is let go) must not keep the lock.
+    from iotrust.adapters.sql import writerlock  # noqa: PLC0415
+
+    db_file = tmp_path / "registry.db"
+    db = Database.open(f"sqlite:///{db_file}")
+    real_flock = fcntl.flock
+    interrupted: list[int] = []
+
+    def flock(fd: int, op: int) -> None:
+        real_flock(fd, op)
+        if op == fcntl.LOCK_UN and not interrupted:  # the gate, right after the lock was taken
+            interrupted.append(fd)
+            raise KeyboardInterrupt
+
+    try:
+        monkeypatch.setattr(writerlock.fcntl, "flock", flock)
+        with pytest.raises(KeyboardInterrupt), db.transaction() as tx:
+            tx.append_event(_chained("never"))
+        monkeypatch.undo()
+        assert interrupted
+        assert _try_flock(_lock_path(db_file))  # another process could write now
+        with db.transaction() as tx:  # and so can this one (the thread lock is free too)
+            tx.append_event(_chained("later"))
+    finally:
+        monkeypatch.undo()
+        db.close()

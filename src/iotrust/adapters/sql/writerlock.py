@@ -30,6 +30,7 @@ This module does not know SQL.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -94,7 +95,16 @@ class WriterQueue:
         try:
             got = self._take(deadline)
         except BaseException:
-            self._threads.release()
+            # e.g. KeyboardInterrupt after the lock was taken: whatever this thread holds
+            # (gate, lock) is let go; unlocking an unheld flock is a no-op, and no other thread
+            # of this process holds either while we hold the thread lock.
+            try:
+                if self._fds is not None:
+                    for fd in self._fds:
+                        with contextlib.suppress(OSError):
+                            fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                self._threads.release()
             raise
         if not got:
             self._threads.release()

@@ -70,7 +70,7 @@ def max_body_bytes_from_environment(env: Mapping[str, str] | None = None) -> int
     value = source.get(MAX_BODY_ENV, "").strip()
     if not value:
         return DEFAULT_MAX_BODY_BYTES
-    if not value.isdigit() or int(value) <= 0:
+    if not (value.isascii() and value.isdigit()) or int(value) <= 0:
         raise InputError(f"{MAX_BODY_ENV} must be a positive integer (bytes)",
                          reason="invalid_body_limit")
     return int(value)
@@ -159,7 +159,8 @@ def _framing(scope: Scope) -> tuple[int | None, bool]:
         if lowered == b"content-length" and not seen_length:
             seen_length = True
             text = value.decode("latin-1").strip()
-            declared = int(text) if text.isdigit() else None
+            # ASCII digits only: "²" is a str.isdigit() digit that int() refuses
+            declared = int(text) if text.isascii() and text.isdigit() else None
         elif lowered == b"transfer-encoding":
             chunked = True
     return declared, chunked

@@ -73,7 +73,7 @@ def test_bodies_within_the_limit_pass(client: TestClient) -> None:
 def test_limit_from_environment() -> None:
     assert limits.max_body_bytes_from_environment({}) == limits.DEFAULT_MAX_BODY_BYTES
     assert limits.max_body_bytes_from_environment({limits.MAX_BODY_ENV: "2048"}) == 2048
-    for bad in ("0", "-1", "1e6", "lots"):
+    for bad in ("0", "-1", "1e6", "lots", "\u00b2"):
         with pytest.raises(InputError) as info:
             limits.max_body_bytes_from_environment({limits.MAX_BODY_ENV: bad})
         assert info.value.reason == "invalid_body_limit"
@@ -83,6 +83,7 @@ def test_limit_from_environment() -> None:
     [(b"transfer-encoding", b"chunked")],
     [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")],  # a parser may ignore CL
     [(b"content-length", b"ten")],
+    [(b"content-length", "\u00b2".encode("latin-1"))],  # "²": str.isdigit() yet not an int
 ])
 def test_bodies_not_framed_by_a_valid_length_alone_are_counted(
         headers: list[tuple[bytes, bytes]]) -> None:

@@ -14,10 +14,11 @@ device leaves the deny-all block of EXPECTED devices). Resyncs are coalesced: at
 state lives here.
 
 On SQLite, each worker runs at most one onboarding call at a time (:class:`_Calls`): every call
-writes, SQLite writers take one database lock in turn (``BEGIN IMMEDIATE``), and Python runs one
-thread at a time anyway, so a second concurrent call per process could only wait on SQLite's busy
-timeout (which polls with sleeps of 1 to 100 ms, leaving the lock idle between holders) and add
-thread switches. Queued requests wait on the event loop instead, in arrival order. On PostgreSQL
+writes, SQLite writers take one database lock in turn (``BEGIN IMMEDIATE``, after the writer
+queue of :mod:`~iotrust.adapters.sql.writerlock`), and Python runs one thread at a time anyway,
+so a second concurrent call per process could only wait for that lock and add thread switches
+(the CPU work each step does before its write transaction, ``docs/adr/0006``, would not run any
+faster either). Queued requests wait on the event loop instead, in arrival order. On PostgreSQL
 (row locks, network round trips that release the interpreter) calls share the default thread pool.
 """
 

@@ -559,8 +559,8 @@ class Database:
         With ``create`` the schema is migrated to the newest revision; without, the database must
         already be at it (``BackendError(reason="schema_outdated")`` otherwise). A statement that
         waits longer than ``lock_timeout_s`` for a lock fails with
-        ``BackendError(reason="database_busy")`` (SQLite ``busy_timeout``, PostgreSQL
-        ``lock_timeout``).
+        ``BackendError(reason="database_busy")`` (SQLite: the writer queue, then
+        ``busy_timeout``, each waited for at most this long; PostgreSQL ``lock_timeout``).
         """
         if not 0 < lock_timeout_s <= 3600:  # noqa: PLR2004 - an hour is already absurd
             raise InputError("lock timeout must be in (0, 3600] seconds",

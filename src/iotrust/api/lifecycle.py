@@ -20,6 +20,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from pydantic import BaseModel, Field
 
+from iotrust.api.device_http import read_body, source
 from iotrust.core import rotation as rot
 from iotrust.core.lifecycle import RetirementReason
 from iotrust.core.records import ApiToken
@@ -40,19 +41,6 @@ _REFUSALS: Final[dict[int | str, dict[str, Any]]] = {
     403: {"description": "Refused; `reason` says why (docs/protocol.md, rotation)."},
     422: {"description": "Malformed message (`malformed_request`)."},
 }
-
-
-async def _body(request: Request, max_bytes: int) -> bytes:
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > max_bytes:
-            return bytes(buf[: max_bytes + 1])
-    return bytes(buf)
-
-
-def _source(request: Request) -> str:
-    return request.client.host if request.client is not None else "unknown"
 
 
 class RetireIn(BaseModel):
@@ -86,27 +74,27 @@ def router(state: "AppState", service: rotation_svc.RotationService,
     @r.post("/rotation/begin", response_class=Response, responses=_REFUSALS, tags=["rotation"])
     async def begin(request: Request) -> Response:
         """Signed with the current key → a single-use nonce bound to the current credential."""
-        body = await _body(request, rot.MAX_REQUEST_BYTES)
+        body = await read_body(request, rot.MAX_REQUEST_BYTES)
         reply = await anyio.to_thread.run_sync(
-            functools.partial(service.begin, body, source=_source(request)))
+            functools.partial(service.begin, body, source=source(request)))
         return Response(reply.to_wire(), media_type=_JSON)
 
     @r.post("/rotation/complete", response_class=Response, responses=_REFUSALS,
             tags=["rotation"])
     async def complete(request: Request) -> Response:
         """CSR for a new key, signed with the current key over the transcript → new credential."""
-        body = await _body(request, rot.MAX_REQUEST_BYTES)
+        body = await read_body(request, rot.MAX_REQUEST_BYTES)
         reply = await anyio.to_thread.run_sync(
-            functools.partial(service.complete, body, source=_source(request)))
+            functools.partial(service.complete, body, source=source(request)))
         return Response(reply.to_wire(), media_type=_JSON)
 
     @r.post("/rotation/confirm", status_code=204, response_class=Response,
             responses=_REFUSALS, tags=["rotation"])
     async def confirm(request: Request) -> Response:
         """Proof with the new key → the old credential is superseded and revoked."""
-        body = await _body(request, rot.MAX_REQUEST_BYTES)
+        body = await read_body(request, rot.MAX_REQUEST_BYTES)
         await anyio.to_thread.run_sync(
-            functools.partial(service.confirm, body, source=_source(request)))
+            functools.partial(service.confirm, body, source=source(request)))
         return Response(status_code=204)
 
     @r.get("/zombies", tags=["operators"])

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Request, Response
 
+from iotrust.api.device_http import read_body, source
 from iotrust.api.routes import RequestRoute
 from iotrust.core.onboarding.messages import AttestRequest, ConfirmRequest, HelloRequest
 from iotrust.errors import IotrustError
@@ -57,20 +58,6 @@ _REFUSALS: Final[dict[int | str, dict[str, Any]]] = {
     422: {"description": "Malformed message (`malformed_request`)."},
     429: {"description": "Too many attempts (`rate_limited`)."},
 }
-
-
-async def _body(request: Request, max_bytes: int) -> bytes:
-    """The request body, cut at ``max_bytes + 1`` (the parse boundary refuses the excess)."""
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > max_bytes:
-            return bytes(buf[: max_bytes + 1])
-    return bytes(buf)
-
-
-def _source(request: Request) -> str:
-    return request.client.host if request.client is not None else "unknown"
 
 
 async def _in_thread(fn: Callable[[], _T]) -> _T:
@@ -132,24 +119,24 @@ def router(service: OnboardingService, resync: _Resync | None = None,
     @r.post("/hello", response_class=Response, responses=_REFUSALS)
     async def hello(request: Request) -> Response:
         """Step 1: serial, factory chain and device nonce → session, server nonce, voucher."""
-        body = await _body(request, HelloRequest.MAX_BYTES)
+        body = await read_body(request, HelloRequest.MAX_BYTES)
         reply = await calls.run(functools.partial(service.hello, body,
-                                                  source=_source(request)))
+                                                  source=source(request)))
         return Response(reply.to_wire(), media_type=_JSON)
 
     @r.post("/attest", response_class=Response, responses=_REFUSALS)
     async def attest(request: Request) -> Response:
         """Step 2: CSR signed over the transcript by the factory key → operational credential."""
-        body = await _body(request, AttestRequest.MAX_BYTES)
+        body = await read_body(request, AttestRequest.MAX_BYTES)
         reply = await calls.run(functools.partial(service.attest, body,
-                                                  source=_source(request)))
+                                                  source=source(request)))
         return Response(reply.to_wire(), media_type=_JSON)
 
     @r.post("/confirm", status_code=204, response_class=Response, responses=_REFUSALS)
     async def confirm(request: Request) -> Response:
         """Step 3: the new key signs the confirm transcript → the device is ACTIVE."""
-        body = await _body(request, ConfirmRequest.MAX_BYTES)
-        await calls.run(functools.partial(service.confirm, body, source=_source(request)))
+        body = await read_body(request, ConfirmRequest.MAX_BYTES)
+        await calls.run(functools.partial(service.confirm, body, source=source(request)))
         resync.request()
         return Response(status_code=204)
 

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -216,4 +217,37 @@ def test_an_interrupt_while_taking_the_lock_leaves_nothing_held(
             tx.append_event(_chained("later"))
     finally:
         monkeypatch.undo()
+        db.close()
+
+
+def _forked_writer(db: Database, released: Any, result: Any) -> None:
+    """In a forked child: wait for the writer queue the parent holds; say if it was let go."""
+    queue = db._writers  # the queue alone: the parent's pooled connections are not ours
+    assert queue is not None
+    try:
+        queue.acquire()
+    except BackendError:
+        result.put("busy")
+        return
+    result.put("after release" if released.is_set() else "while held")
+    queue.release()
+
+
+def test_a_forked_child_queues_behind_its_parent(tmp_path: Path) -> None:
+    # The child inherits the parent's lock-file descriptors (one open file description, so one
+    # flock) and its thread lock, possibly held: it must open its own and wait its turn.
+    db = Database.open(f"sqlite:///{tmp_path / 'registry.db'}", lock_timeout_s=30)
+    ctx = multiprocessing.get_context("fork")
+    released, result = ctx.Event(), ctx.Queue()
+    try:
+        with db.transaction() as tx:
+            tx.append_event(_chained("parent"))
+            child = ctx.Process(target=_forked_writer, args=(db, released, result))
+            child.start()
+            time.sleep(0.3)  # the child is waiting now (or wrongly got in)
+            released.set()  # set just before the commit lets go (the order the child checks)
+        assert result.get(timeout=30) == "after release"
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    finally:
         db.close()

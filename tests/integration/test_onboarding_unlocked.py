@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from tests.integration.fleet import PASSPHRASE, Fleet, FleetDevice, Maker, build_fleet
 from tests.integration.test_onboarding_service import SoftKey, csr_der
 
@@ -39,7 +40,7 @@ from iotrust.core.onboarding import (
 )
 from iotrust.core.onboarding import reasons as r
 from iotrust.core.records import SessionState
-from iotrust.errors import ConflictError, InputError, TrustError
+from iotrust.errors import ConflictError, InputError, NotFoundError, TrustError
 from iotrust.ports import FixedClock
 from iotrust.services import devices as device_svc
 from iotrust.services import manufacturers as maker_svc
@@ -326,6 +327,41 @@ def test_attest_bad_signature_loses_to_a_spent_nonce(
     refused(db, r.NONCE_REPLAYED, svc.attest, forged.to_wire(), device_id=device_id_of(db, dev),
             step="attest")
     assert session_state(db, session) is SessionState.ATTESTED
+
+
+def test_attest_with_a_damaged_stored_factory_key_burns_the_nonce(
+        svc: OnboardingService, db: Database, clock: FixedClock,
+        fresh: Callable[[str], FleetDevice]) -> None:
+    """A binding whose factory key no longer parses is refused after the spend, as before."""
+    dev = fresh()
+    session = say_hello(svc, dev, clock)
+    with db.transaction() as tx:
+        tx._conn.execute(  # damage the stored row on purpose
+            text("UPDATE onboarding_sessions SET factory_spki = :bad WHERE id = :id"),
+            {"bad": b"not a key", "id": session.session_id.hex()})
+    refused(db, "malformed_public_key", svc.attest, attest_wire(dev, session, SoftKey()),
+            device_id=device_id_of(db, dev), step="attest")
+    assert session_state(db, session) is SessionState.REFUSED
+
+
+def test_attest_signature_refusal_comes_before_a_failing_issuance(
+        svc: OnboardingService, db: Database, clock: FixedClock,
+        fresh: Callable[[str], FleetDevice], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Working out the issuance (CA, model) early must not change the order of the checks."""
+    dev = fresh()
+    session = say_hello(svc, dev, clock)
+    key = SoftKey()
+    good = build_attest(session, factory_signer=dev.factory_key,
+                        csr_der=csr_der(key.private_key))
+    forged = dataclasses.replace(good, signature=SoftKey().sign(b"not the transcript"))
+
+    def no_issuance(*_args: object) -> None:
+        raise NotFoundError("no such device model", reason="model_not_found")
+
+    monkeypatch.setattr(onboarding_svc, "_issuance_of", no_issuance)
+    refused(db, r.SIGNATURE_INVALID, svc.attest, forged.to_wire(),
+            device_id=device_id_of(db, dev), step="attest")
+    assert session_state(db, session) is SessionState.REFUSED
 
 
 def test_attest_issuing_ca_changed_meanwhile_is_issued_by_the_new_one(

@@ -275,7 +275,7 @@ class _AttestPlan:
     session: OnboardingSession
     config: OnboardingConfig
     confirm_by: datetime
-    bound_error: TrustError | None  # the session's binding is unusable (after the spend)
+    bound_error: TrustError | InputError | None  # the binding is unusable (after the spend)
     outcome: AttestDecision | TrustError | InputError
     issuance: _Issuance | None  # None: not built (retired or missing device as read)
     built: Built | None
@@ -616,17 +616,23 @@ class OnboardingService:
                 seen.device_id = session.device_id
                 seen.session_id = sid
             session = precheck_attest(req, session=session, now=now)
-            issuance = (_issuance_of(tx, domain, stored_device)
-                        if stored_device is not None
-                        and stored_device.state is not DeviceState.RETIRED else None)
+            issuance = None
+            if stored_device is not None and stored_device.state is not DeviceState.RETIRED:
+                try:
+                    issuance = _issuance_of(tx, domain, stored_device)
+                except IotrustError:
+                    # (no active issuing CA, model gone): not built here; the write transaction
+                    # computes it again after the signature checks and fails there, in the
+                    # order of the checks, as before
+                    issuance = None
         confirm_by = now.replace(microsecond=0) + timedelta(seconds=config.confirm_s)
-        bound_error: TrustError | None = None
+        bound_error: TrustError | InputError | None = None
         outcome: AttestDecision | TrustError | InputError
         try:
             if binding is None or binding.voucher_sha256 is None:
                 raise refuse(r.NONCE_UNKNOWN, "the session was not opened by a hello")
             factory_key = _factory_key(binding.factory_spki)
-        except TrustError as exc:
+        except (TrustError, InputError) as exc:  # InputError: a damaged stored factory key
             bound_error = outcome = exc
         else:
             outcome = _judge_attest(req, session, binding, now=now, server_id=domain.server_id,

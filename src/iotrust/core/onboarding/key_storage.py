@@ -36,15 +36,15 @@ from iotrust.core.onboarding.messages import KEY_STORAGE_CLAIMS
 _WEAK: Final = frozenset({KeyStorage.NONE, KeyStorage.FILE})
 #: Recorded values that do not use protected hardware (no key, a key file, a software store).
 SOFTWARE_STORAGE: Final = _WEAK | {KeyStorage.SOFTWARE}
-_SOFT: Final = SOFTWARE_STORAGE
 
 #: Which claims each hardware key storage can back.
 PROFILE_ALLOWS: Final[Mapping[HardwareKeyStorage, frozenset[KeyStorage]]] = {
     HardwareKeyStorage.NONE: frozenset({KeyStorage.NONE}),
-    HardwareKeyStorage.SOFTWARE: _SOFT,
-    HardwareKeyStorage.SECURE_ELEMENT: _SOFT | {KeyStorage.PKCS11, KeyStorage.SECURE_ELEMENT},
-    HardwareKeyStorage.TPM2: _SOFT | {KeyStorage.PKCS11, KeyStorage.TPM},
-    HardwareKeyStorage.TRUSTZONE: _SOFT | {KeyStorage.PKCS11},
+    HardwareKeyStorage.SOFTWARE: SOFTWARE_STORAGE,
+    HardwareKeyStorage.SECURE_ELEMENT: SOFTWARE_STORAGE | {KeyStorage.PKCS11,
+                                                           KeyStorage.SECURE_ELEMENT},
+    HardwareKeyStorage.TPM2: SOFTWARE_STORAGE | {KeyStorage.PKCS11, KeyStorage.TPM},
+    HardwareKeyStorage.TRUSTZONE: SOFTWARE_STORAGE | {KeyStorage.PKCS11},
 }
 
 #: The device-record value of each hardware key storage (TrustZone has none).

@@ -19,10 +19,8 @@ benchmarks.contain [--quick]`` prints them. Full: 1,000 devices, 60 runs; quick:
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import random
 import shutil
-import ssl
 import statistics
 import sys
 import tempfile
@@ -31,28 +29,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-PER_PROCESS = 250
+from benchmarks import _mqtt_clients as sessions
+
 REFUSED = 0x87
 REFUSED_FLOOR = 0x80  # PUBACK codes below 0x80 are successes (0x10: no subscribers)
 
 
-def _worker(conn: Any, port: int, ca: str, idents: list[tuple[str, str, str]]) -> None:  # noqa: C901, PLR0912, PLR0915
-    import paho.mqtt.client as mqtt  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
-
+def _worker(conn: Any, port: int, ca: str, idents: list[sessions.Ident]) -> None:  # noqa: C901, PLR0912, PLR0915
     lock = threading.Lock()
     state: dict[str, Any] = {"armed": None, "cut": None, "lost": 0,
                              "reconnected": threading.Event()}
-    clients: dict[str, Any] = {}
+    clients: dict[str, Any] = {}  # by name, once connect_all has connected them
     acks: dict[tuple[str, int], Any] = {}
     ack_cond = threading.Condition()
 
     def make(name: str, cert: str, key: str) -> Any:
-        ctx = ssl.create_default_context(cafile=ca)
-        ctx.load_cert_chain(cert, key)
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
-        c.tls_set_context(ctx)
-        c.reconnect_delay_set(min_delay=0, max_delay=0)
+        c = sessions.tls_client(name, cert, key, ca, reconnect_delay=0)
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
             now = time.monotonic()
@@ -91,17 +83,7 @@ def _worker(conn: Any, port: int, ca: str, idents: list[tuple[str, str, str]]) -
             return int(acks.pop((name, info.mid)).value)
 
     state["expect"] = None
-    for name, cert, key in idents:
-        c = make(name, cert, key)
-        c.connect("localhost", port, keepalive=120)
-        c.loop_start()
-        clients[name] = c
-    deadline = time.monotonic() + 120
-    while not all(c.is_connected() for c in clients.values()):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    conn.send(("ready", sum(c.is_connected() for c in clients.values())))
+    clients.update(sessions.connect_all(conn, port, idents, make, keepalive=120, timeout=120))
     while True:
         msg = conn.recv()
         if msg[0] == "arm":
@@ -154,9 +136,7 @@ def _worker(conn: Any, port: int, ca: str, idents: list[tuple[str, str, str]]) -
             with lock:
                 lost = state["lost"]
                 connected = sum(c.is_connected() for c in clients.values())
-            for c in clients.values():
-                c.disconnect()
-                c.loop_stop()
+            sessions.disconnect_all(clients)
             conn.send(("stopped", lost, connected))
             return
 
@@ -166,7 +146,7 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(quick: bool) -> list[dict[str, Any]]:  # noqa: C901, PLR0915
+def run(quick: bool) -> list[dict[str, Any]]:  # noqa: PLR0915
     from tests.integration.mqtt import build_testbed  # noqa: PLC0415
 
     from iotrust.services import broker as broker_svc  # noqa: PLC0415
@@ -178,20 +158,11 @@ def run(quick: bool) -> list[dict[str, Any]]:  # noqa: C901, PLR0915
     build_s = time.perf_counter() - t_build
     rows: list[dict[str, Any]] = []
     with tb.running() as broker:
-        ctx = mp.get_context("spawn")
-        groups = [tb.devices[i:i + PER_PROCESS] for i in range(0, devices, PER_PROCESS)]
-        workers, owner = [], {}
-        for gi, group in enumerate(groups):
-            parent, child = ctx.Pipe()
-            idents = [(d.name, str(d.cert), str(d.key)) for d in group]
-            p = ctx.Process(target=_worker, args=(child, broker.settings.port,
-                                                  str(broker.layout.ca), idents), daemon=True)
-            p.start()
-            workers.append((p, parent))
-            for d in group:
-                owner[d.name] = gi
+        workers, owner, processes = sessions.start_workers(_worker, tb.devices,
+                                                           broker.settings.port,
+                                                           str(broker.layout.ca))
         t_conn = time.perf_counter()
-        ready = sum(parent.recv()[1] for _, parent in workers)
+        ready = sessions.wait_ready(workers)
         connect_s = time.perf_counter() - t_conn
         if ready != devices:
             raise RuntimeError(f"only {ready}/{devices} devices connected")
@@ -227,16 +198,10 @@ def run(quick: bool) -> list[dict[str, Any]]:  # noqa: C901, PLR0915
                     failures += 1
         finally:
             db.close()
-        lost, still = 0, 0
-        for p, parent in workers:
-            parent.send(("stop",))
-            _, worker_lost, connected = parent.recv()
-            lost += worker_lost
-            still += connected
-            p.join(10)
+        lost, still = sessions.stop_workers(workers)
         acl = broker.last_acl
     shutil.rmtree(base, ignore_errors=True)
-    extra = {"devices": devices, "processes": len(groups), "runs": runs, "failures": failures,
+    extra = {"devices": devices, "processes": processes, "runs": runs, "failures": failures,
              "other_devices_lost_session": lost, "connected_at_end": still,
              "acl_layout": acl.mode.value if acl else None,
              "command_steps_p50_ms": {k: round(statistics.median(v), 2) for k, v in steps.items()},

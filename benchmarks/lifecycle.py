@@ -22,9 +22,9 @@
   refused (probed until refused; handshakes accepted after the command returned are counted and
   must be 0), with the other devices connected to a real Mosquitto over mTLS, and the number of
   *other* devices that lost their session (must be 0). The devices are held by the containment
-  benchmark's kind of worker processes (``PER_PROCESS`` paho clients each, one loop thread per
-  session); ``RLIMIT_NOFILE`` is raised to its hard limit first (Mosquitto inherits it). Full:
-  1,000 devices, 40 runs; quick: 100 devices, 5 runs.
+  benchmark's kind of worker processes (:mod:`benchmarks._mqtt_clients`: ``PER_PROCESS`` paho
+  clients each, one loop thread per session); ``RLIMIT_NOFILE`` is raised to its hard limit
+  first (Mosquitto inherits it). Full: 1,000 devices, 40 runs; quick: 100 devices, 5 runs.
 
 ``run(quick)`` returns rows ``{name, n, ..., extra}``; ``python -m benchmarks.lifecycle
 [--quick]`` prints them.
@@ -33,12 +33,10 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import random
 import resource
 import shutil
-import ssl
 import statistics
 import sys
 import tempfile
@@ -48,7 +46,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.contain import PER_PROCESS
+from benchmarks import _mqtt_clients as sessions
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -172,29 +170,21 @@ def _raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _retire_worker(conn: Any, port: int, ca: str,  # noqa: C901, PLR0915
-                   idents: list[tuple[str, str, str]]) -> None:
+def _retire_worker(conn: Any, port: int, ca: str,  # noqa: C901
+                   idents: list[sessions.Ident]) -> None:
     """Hold ``idents`` connected (one paho loop thread each); report cuts and lost sessions.
 
     ``("arm", name)``: the next disconnect of ``name`` is the one being measured (its time is
     kept, and the client stops reconnecting: a retired device is probed from outside);
     ``("expect_retired", names)``: those will be cut too (not counted as lost).
     """
-    import paho.mqtt.client as mqtt  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
-
     _raise_fd_limit()
     lock = threading.Lock()
     state: dict[str, Any] = {"armed": None, "cut": None, "lost": 0, "retired": set()}
     cut_event = threading.Event()
-    clients: dict[str, Any] = {}
 
     def make(name: str, cert: str, key: str) -> Any:
-        ctx = ssl.create_default_context(cafile=ca)
-        ctx.load_cert_chain(cert, key)
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
-        c.tls_set_context(ctx)
-        c.reconnect_delay_set(min_delay=1, max_delay=1)
+        c = sessions.tls_client(name, cert, key, ca, reconnect_delay=1)
 
         def on_disconnect(client: Any, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
             now = time.monotonic()
@@ -213,17 +203,7 @@ def _retire_worker(conn: Any, port: int, ca: str,  # noqa: C901, PLR0915
         c.on_disconnect = on_disconnect
         return c
 
-    for name, cert, key in idents:
-        c = make(name, cert, key)
-        c.connect("localhost", port, keepalive=300)
-        c.loop_start()
-        clients[name] = c
-    deadline = time.monotonic() + 300
-    while not all(c.is_connected() for c in clients.values()):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    conn.send(("ready", sum(c.is_connected() for c in clients.values())))
+    clients = sessions.connect_all(conn, port, idents, make, keepalive=300, timeout=300)
     while True:
         msg = conn.recv()
         if msg[0] == "arm":
@@ -244,9 +224,7 @@ def _retire_worker(conn: Any, port: int, ca: str,  # noqa: C901, PLR0915
                 lost = state["lost"]
                 connected = sum(c.is_connected() for n, c in clients.items()
                                 if n not in state["retired"])
-            for c in clients.values():
-                c.disconnect()
-                c.loop_stop()
+            sessions.disconnect_all(clients)
             conn.send(("stopped", lost, connected))
             return
 
@@ -287,19 +265,10 @@ def _retire(quick: bool) -> list[dict[str, Any]]:  # noqa: PLR0915
         tb = build_testbed(base, devices=devices)
         build_s = time.perf_counter() - t_build
         with tb.running() as broker:
-            ctx = mp.get_context("spawn")
-            groups = [tb.devices[i:i + PER_PROCESS] for i in range(0, devices, PER_PROCESS)]
-            workers, owner = [], {}
-            for gi, group in enumerate(groups):
-                parent, child = ctx.Pipe()
-                idents = [(d.name, str(d.cert), str(d.key)) for d in group]
-                p = ctx.Process(target=_retire_worker, daemon=True,
-                                args=(child, broker.settings.port, str(broker.layout.ca), idents))
-                p.start()
-                workers.append((p, parent))
-                owner.update({d.name: gi for d in group})
+            workers, owner, processes = sessions.start_workers(
+                _retire_worker, tb.devices, broker.settings.port, str(broker.layout.ca))
             t_conn = time.perf_counter()
-            ready = sum(parent.recv()[1] for _, parent in workers)
+            ready = sessions.wait_ready(workers)
             connect_s = time.perf_counter() - t_conn
             if ready != devices:
                 raise RuntimeError(f"only {ready}/{devices} devices connected")
@@ -335,15 +304,10 @@ def _retire(quick: bool) -> list[dict[str, Any]]:  # noqa: PLR0915
                 concurrent = _concurrent_retire(tb, victims)
             finally:
                 db.close()
-            for p, parent in workers:
-                parent.send(("stop",))
-                _, worker_lost, connected = parent.recv()
-                others_lost += worker_lost
-                still += connected
-                p.join(10)
+            others_lost, still = sessions.stop_workers(workers)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    extra = {"devices": devices, "processes": len(groups), "runs": runs, "failures": failures,
+    extra = {"devices": devices, "processes": processes, "runs": runs, "failures": failures,
              "other_devices_lost_session": others_lost,
              "others_connected_at_end": still, "expected_connected_at_end": devices - runs,
              "handshakes_accepted_after_retire_returned": accepted_after,

@@ -62,6 +62,15 @@ def _onboarding(config: Config) -> list[Result]:
     return onboarding.bench_onboarding(config)
 
 
+def _onboarding_core(config: Config) -> list[Result]:
+    from benchmarks import onboarding  # noqa: PLC0415
+
+    missing = onboarding.missing_service()
+    if missing:
+        raise Skipped(missing)
+    return onboarding.bench_onboarding_core(config)
+
+
 def _onboarding_http(config: Config) -> list[Result]:
     from benchmarks import onboarding, onboarding_http  # noqa: PLC0415
 
@@ -111,6 +120,7 @@ BENCHMARKS: dict[str, Callable[[Config], list[Result]]] = {
     "registry_lookup": _registry,
     "voucher_import": _vouchers,
     "onboarding": _onboarding,
+    "onboarding_core": _onboarding_core,
     "onboarding_http": _onboarding_http,
     "decide": _rows("decide"),
     "envelope": _rows("envelope"),

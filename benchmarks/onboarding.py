@@ -413,7 +413,7 @@ def _core_inputs(domain: BenchDomain, devices: list[SimulatedDevice],
     return out, stored, root_pem
 
 
-def _chain(head: EventHead | None, kind: str, device_id: str, at: datetime,
+def _chain(head: EventHead | None, kind: str, device_id: str | None, at: datetime,
            data: dict[str, JSONValue]) -> EventHead:
     """Draft and hash one event after ``head`` as ``eventlog.record`` does (nothing appended)."""
     row = chain_next(head, EventDraft(kind=kind, actor=ONBOARDING_ACTOR, device_id=device_id,

@@ -117,12 +117,13 @@ def _worker(conn: Any, port: int, ca: str, idents: list[sessions.Ident]) -> None
         elif msg[0] == "restored":
             name = state["expect"]
             ok = False
-            last = "no reconnect"
+            last: int | str | None = "no reconnect"  # the last publish's result code
             if state["reconnected"].wait(10):
                 for _ in range(50):
                     if clients[name].is_connected():
-                        last = publish(name, f"devices/{name}/telemetry")
-                        if last is not None and last < REFUSED_FLOOR:
+                        code = publish(name, f"devices/{name}/telemetry")
+                        last = code
+                        if code is not None and code < REFUSED_FLOOR:
                             ok = True
                             break
                     time.sleep(0.01)

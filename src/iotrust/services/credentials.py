@@ -112,15 +112,12 @@ class Issuer:
         the credential stored and the event recorded, all within ``tx``. It is :meth:`build`
         then :meth:`record` in one transaction.
         """
-        spki = pki.spki_sha256(public_key)
-        now = self._clock.now()
-        tx.record_key(spki, "credential", device_id, now)  # ConflictError key_reused if seen
         ca = active_issuing_ca(tx)
         if crl_url is None:
             crl_url = crl_url_for(require_domain(tx), ca.id)
         built = self.build(ca, device_id=device_id, public_key=public_key, lifetime=lifetime,
-                           crl_url=crl_url, now=now)
-        return self._store(tx, built, actor=actor)
+                           crl_url=crl_url)
+        return self.record(tx, built, actor=actor)
 
     def build(
         self,
@@ -166,10 +163,6 @@ class Issuer:
         if active_issuing_ca(tx).id != built.ca.id:
             raise ConflictError("the issuing CA changed since the certificate was built",
                                 reason="issuing_ca_changed")
-        return self._store(tx, built, actor=actor)
-
-    def _store(self, tx: Tx, built: Built, *, actor: str) -> Issued:
-        cred = built.credential
         tx.add_credential(cred)
         eventlog.record(tx, self._clock, ev.CREDENTIAL_ISSUED, actor=actor,
                         device_id=cred.device_id,

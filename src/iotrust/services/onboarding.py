@@ -246,16 +246,10 @@ class _HelloFacts:
 
 @dataclass(frozen=True, slots=True)
 class _Judged:
-    """A hello decided before its write transaction.
+    """A hello decided before its write transaction: the facts and what they gave."""
 
-    All ``None`` when it was not decided (the rate limits as read would refuse it): then not
-    even its leaf certificate was parsed.
-    """
-
-    maker_name: str | None
-    spki: str | None
-    facts: _HelloFacts | None
-    outcome: HelloDecision | TrustError | InputError | None
+    facts: _HelloFacts
+    outcome: HelloDecision | TrustError | InputError
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,11 +406,12 @@ class OnboardingService:
         self._next_prune = now + _PRUNE_INTERVAL
         return self._hello_once(req, parse_error, judged, seen, now, sweep_checked=True)
 
-    def _prejudge_hello(self, req: HelloRequest, seen: _Seen, now: datetime) -> _Judged:
+    def _prejudge_hello(self, req: HelloRequest, seen: _Seen, now: datetime) -> _Judged | None:
         """Read a hello's facts in a read-only transaction and decide on them, unlocked.
 
-        A hello the rate limits would refuse (as read here) is not decided at all: refusing it
-        must stay cheap. The write transaction checks the limits again either way.
+        A hello the rate limits would refuse (as read here) is not decided at all (``None``; not
+        even its leaf is parsed): refusing it must stay cheap. The write transaction checks the
+        limits again either way.
         """
         with self._db.transaction(readonly=True) as tx:
             domain = require_domain(tx)
@@ -425,10 +420,10 @@ class OnboardingService:
                 since=now - timedelta(seconds=config.rate_window_s), serial=seen.serial,
                 source=seen.source, at=now)
             if _over_limit(config, seen, per_serial, per_source) is not None:
-                return _Judged(None, None, None, None)
+                return None
             maker_name, spki = _claimed_identity(req)
             facts = self._hello_facts(tx, domain, req, maker_name, spki, for_update=False)
-        return _Judged(maker_name, spki, facts, _judge_hello(req, now, facts))
+        return _Judged(facts, _judge_hello(req, now, facts))
 
     def _hello_facts(self, tx: Tx, domain: TrustDomain, req: HelloRequest,
                      maker_name: str | None, spki: str | None, *,
@@ -467,14 +462,13 @@ class OnboardingService:
             self._admit(tx, config, seen, now, sweep_checked=sweep_checked)
             if parse_error is not None:
                 raise parse_error
-            if req is None or judged is None:  # parse_error is None exactly when req is set
+            if req is None:  # parse_error is None exactly when req is set
                 raise RuntimeError("unreachable: no request and no parse error")
-            maker_name, spki = ((judged.maker_name, judged.spki) if judged.facts is not None
-                                else _claimed_identity(req))
+            maker_name, spki = _claimed_identity(req)  # parsed once: memoised per leaf
             facts = self._hello_facts(tx, domain, req, maker_name, spki, for_update=True)
             if facts.device is not None:
                 seen.device_id = facts.device.id
-            outcome = (judged.outcome if judged.facts == facts and judged.outcome is not None
+            outcome = (judged.outcome if judged is not None and judged.facts == facts
                        else _judge_hello(req, now, facts))
             if not isinstance(outcome, HelloDecision):
                 raise outcome

@@ -28,6 +28,7 @@ from iotrust.core import events as ev
 from iotrust.core import pki
 from iotrust.core.lifecycle import CredentialState, DeviceState, RetirementReason
 from iotrust.core.onboarding import (
+    AttestRequest,
     AttestResponse,
     DeviceSession,
     HelloResponse,
@@ -39,7 +40,7 @@ from iotrust.core.onboarding import (
     build_hello,
 )
 from iotrust.core.onboarding import reasons as r
-from iotrust.core.records import SessionState
+from iotrust.core.records import CertificateAuthority, SessionState
 from iotrust.errors import ConflictError, InputError, NotFoundError, TrustError
 from iotrust.ports import FixedClock
 from iotrust.services import devices as device_svc
@@ -52,6 +53,10 @@ from iotrust.services.onboarding import OnboardingService
 
 SOURCE = "203.0.113.9"
 ACTOR = "tests@unlocked"
+
+Fresh = Callable[..., FleetDevice]  # fresh(maker="widgetco")
+BeforeWrite = Callable[[Callable[[], object]], None]
+Started = Callable[[], tuple[FleetDevice, str, DeviceSession]]  # device, its id, its session
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +88,7 @@ _taken: set[str] = set()
 
 
 @pytest.fixture
-def fresh(fleet: Fleet) -> Callable[[str], FleetDevice]:
+def fresh(fleet: Fleet) -> Fresh:
     def take(maker: str = "widgetco") -> FleetDevice:
         for serial in fleet.serials(maker):
             if serial not in _taken:
@@ -95,8 +100,7 @@ def fresh(fleet: Fleet) -> Callable[[str], FleetDevice]:
 
 
 @pytest.fixture
-def before_write(db: Database, monkeypatch: pytest.MonkeyPatch,
-                 ) -> Callable[[Callable[[], object]], None]:
+def before_write(db: Database, monkeypatch: pytest.MonkeyPatch) -> BeforeWrite:
     """Run a change once, right before the next write transaction the service opens."""
     original = db.transaction
 
@@ -111,6 +115,17 @@ def before_write(db: Database, monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setattr(db, "transaction", transaction)
 
     return arm
+
+
+@pytest.fixture
+def started(svc: OnboardingService, db: Database, clock: FixedClock, fresh: Fresh) -> Started:
+    """A fresh device, its registry id and the session its hello opened."""
+
+    def start() -> tuple[FleetDevice, str, DeviceSession]:
+        dev = fresh()
+        return dev, device_id_of(db, dev), say_hello(svc, dev, clock)
+
+    return start
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -152,9 +167,17 @@ def say_hello(svc: OnboardingService, dev: FleetDevice, clock: FixedClock, *,
                                  now=clock.now())
 
 
+def attest_request(dev: FleetDevice, session: DeviceSession, key: SoftKey) -> AttestRequest:
+    return build_attest(session, factory_signer=dev.factory_key, csr_der=csr_der(key.private_key))
+
+
 def attest_wire(dev: FleetDevice, session: DeviceSession, key: SoftKey) -> bytes:
-    return build_attest(session, factory_signer=dev.factory_key,
-                        csr_der=csr_der(key.private_key)).to_wire()
+    return attest_request(dev, session, key).to_wire()
+
+
+def forged(request: AttestRequest) -> AttestRequest:
+    """``request`` with a signature over something else."""
+    return dataclasses.replace(request, signature=SoftKey().sign(b"not the transcript"))
 
 
 def accept(svc: OnboardingService, session: DeviceSession, key: SoftKey, body: bytes,
@@ -174,12 +197,16 @@ def session_state(db: Database, session: DeviceSession) -> SessionState:
         return tx.get_session(session.session_id.hex()).state
 
 
+def active_ca(db: Database) -> CertificateAuthority:
+    with db.transaction(readonly=True) as tx:
+        return active_issuing_ca(tx)
+
+
 # --- hello -----------------------------------------------------------------------------------
 
 def test_hello_manufacturer_revoked_meanwhile(
         svc: OnboardingService, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice],
-        before_write: Callable[[Callable[[], object]], None]) -> None:
+        fresh: Fresh, before_write: BeforeWrite) -> None:
     dev = fresh("gadgetco")
     before_write(lambda: maker_svc.revoke_manufacturer(db, clock, "gadgetco", actor=ACTOR))
     refused(db, r.MANUFACTURER_REVOKED, say_hello, svc, dev, clock,
@@ -188,8 +215,7 @@ def test_hello_manufacturer_revoked_meanwhile(
 
 def test_hello_retired_meanwhile_is_a_zombie(
         svc: OnboardingService, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice],
-        before_write: Callable[[Callable[[], object]], None]) -> None:
+        fresh: Fresh, before_write: BeforeWrite) -> None:
     dev = fresh()
     device_id = device_id_of(db, dev)
     before_write(lambda: device_svc.retire(db, clock, device_id,
@@ -203,8 +229,7 @@ def test_hello_retired_meanwhile_is_a_zombie(
 
 def test_hello_second_session_opened_meanwhile_is_a_clone(
         svc: OnboardingService, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice],
-        before_write: Callable[[Callable[[], object]], None]) -> None:
+        fresh: Fresh, before_write: BeforeWrite) -> None:
     dev = fresh()
     device_id = device_id_of(db, dev)
     before_write(lambda: say_hello(svc, dev, clock))
@@ -214,7 +239,7 @@ def test_hello_second_session_opened_meanwhile_is_a_clone(
 
 
 def test_a_rate_limited_hello_is_not_decided(
-        fleet: Fleet, db: Database, clock: FixedClock, fresh: Callable[[str], FleetDevice],
+        fleet: Fleet, db: Database, clock: FixedClock, fresh: Fresh,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Refusing a flood stays cheap: no chain or voucher signature is checked for it."""
     fleet.update_domain_settings(onboarding_rate_per_serial=1)
@@ -238,7 +263,7 @@ def test_a_rate_limited_hello_is_not_decided(
 
 
 def test_a_hello_limited_as_read_but_admitted_under_the_lock_is_decided_there(
-        fleet: Fleet, db: Database, clock: FixedClock, fresh: Callable[[str], FleetDevice],
+        fleet: Fleet, db: Database, clock: FixedClock, fresh: Fresh,
         before_write: Callable[[Callable[[], object]], None]) -> None:
     fleet.update_domain_settings(onboarding_rate_per_source=1)
     try:
@@ -261,11 +286,8 @@ def test_a_hello_limited_as_read_but_admitted_under_the_lock_is_decided_there(
 
 def test_attest_retired_meanwhile_issues_nothing_and_burns_the_nonce(
         svc: OnboardingService, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice],
-        before_write: Callable[[Callable[[], object]], None]) -> None:
-    dev = fresh()
-    device_id = device_id_of(db, dev)
-    session = say_hello(svc, dev, clock)
+        started: Started, before_write: BeforeWrite) -> None:
+    dev, device_id, session = started()
     key = SoftKey()
     before_write(lambda: device_svc.retire(db, clock, device_id, RetirementReason.LOST,
                                            actor=ACTOR))
@@ -279,11 +301,8 @@ def test_attest_retired_meanwhile_issues_nothing_and_burns_the_nonce(
 
 def test_attest_nonce_spent_meanwhile_returns_nothing(
         svc: OnboardingService, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice],
-        before_write: Callable[[Callable[[], object]], None]) -> None:
-    dev = fresh()
-    device_id = device_id_of(db, dev)
-    session = say_hello(svc, dev, clock)
+        started: Started, before_write: BeforeWrite) -> None:
+    dev, device_id, session = started()
     winner_key, loser_key = SoftKey(), SoftKey()
     won: list[Onboarded] = []
     before_write(lambda: won.append(
@@ -299,8 +318,7 @@ def test_attest_nonce_spent_meanwhile_returns_nothing(
 
 def test_attest_key_recorded_meanwhile_is_a_clone(
         svc: OnboardingService, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice],
-        before_write: Callable[[Callable[[], object]], None]) -> None:
+        fresh: Fresh, before_write: BeforeWrite) -> None:
     first, second = fresh(), fresh()
     shared = SoftKey()
     s1, s2 = say_hello(svc, first, clock), say_hello(svc, second, clock)
@@ -314,70 +332,56 @@ def test_attest_key_recorded_meanwhile_is_a_clone(
 
 def test_attest_bad_signature_loses_to_a_spent_nonce(
         svc: OnboardingService, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice],
-        before_write: Callable[[Callable[[], object]], None]) -> None:
+        started: Started, before_write: BeforeWrite) -> None:
     """As before ADR 0006: a nonce another attest spent is ``nonce_replayed``, whatever else."""
-    dev = fresh()
-    session = say_hello(svc, dev, clock)
+    dev, device_id, session = started()
     key = SoftKey()
-    good = build_attest(session, factory_signer=dev.factory_key,
-                        csr_der=csr_der(key.private_key))
-    forged = dataclasses.replace(good, signature=SoftKey().sign(b"not the transcript"))
+    good = attest_request(dev, session, key)
     before_write(lambda: accept(svc, session, key, good.to_wire(), clock))
-    refused(db, r.NONCE_REPLAYED, svc.attest, forged.to_wire(), device_id=device_id_of(db, dev),
+    refused(db, r.NONCE_REPLAYED, svc.attest, forged(good).to_wire(), device_id=device_id,
             step="attest")
     assert session_state(db, session) is SessionState.ATTESTED
 
 
 def test_attest_with_a_damaged_stored_factory_key_burns_the_nonce(
-        svc: OnboardingService, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice]) -> None:
+        svc: OnboardingService, db: Database, started: Started) -> None:
     """A binding whose factory key no longer parses is refused after the spend, as before."""
-    dev = fresh()
-    session = say_hello(svc, dev, clock)
+    dev, device_id, session = started()
     with db.transaction() as tx:
         tx._conn.execute(  # damage the stored row on purpose
             text("UPDATE onboarding_sessions SET factory_spki = :bad WHERE id = :id"),
             {"bad": b"not a key", "id": session.session_id.hex()})
     refused(db, "malformed_public_key", svc.attest, attest_wire(dev, session, SoftKey()),
-            device_id=device_id_of(db, dev), step="attest")
+            device_id=device_id, step="attest")
     assert session_state(db, session) is SessionState.REFUSED
 
 
 def test_attest_signature_refusal_comes_before_a_failing_issuance(
-        svc: OnboardingService, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice], monkeypatch: pytest.MonkeyPatch) -> None:
+        svc: OnboardingService, db: Database, started: Started,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Working out the issuance (CA, model) early must not change the order of the checks."""
-    dev = fresh()
-    session = say_hello(svc, dev, clock)
-    key = SoftKey()
-    good = build_attest(session, factory_signer=dev.factory_key,
-                        csr_der=csr_der(key.private_key))
-    forged = dataclasses.replace(good, signature=SoftKey().sign(b"not the transcript"))
+    dev, device_id, session = started()
+    bad = forged(attest_request(dev, session, SoftKey()))
 
     def no_issuance(*_args: object) -> None:
         raise NotFoundError("no such device model", reason="model_not_found")
 
     monkeypatch.setattr(onboarding_svc, "_issuance_of", no_issuance)
-    refused(db, r.SIGNATURE_INVALID, svc.attest, forged.to_wire(),
-            device_id=device_id_of(db, dev), step="attest")
+    refused(db, r.SIGNATURE_INVALID, svc.attest, bad.to_wire(), device_id=device_id,
+            step="attest")
     assert session_state(db, session) is SessionState.REFUSED
 
 
 def test_attest_issuing_ca_changed_meanwhile_is_issued_by_the_new_one(
         svc: OnboardingService, *, fleet: Fleet, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice],
-        before_write: Callable[[Callable[[], object]], None]) -> None:
-    dev = fresh()
-    session = say_hello(svc, dev, clock)
+        started: Started, before_write: BeforeWrite) -> None:
+    dev, device_id, session = started()
     key = SoftKey()
-    with db.transaction(readonly=True) as tx:
-        old = active_issuing_ca(tx)
+    old = active_ca(db)
     before_write(lambda: roll_over(fleet, db, clock))
     onboarded = accept(svc, session, key, attest_wire(dev, session, key), clock)
-    with db.transaction(readonly=True) as tx:
-        new = active_issuing_ca(tx)
-        (cred,) = tx.list_credentials(device_id=device_id_of(db, dev))
+    new = active_ca(db)
+    (cred,) = credentials_of(db, device_id)
     assert new.id != old.id
     assert cred.issuer_ca_id == new.id
     issuer_cert = pki.load_certificate(new.certificate_pem.encode())
@@ -394,20 +398,25 @@ def roll_over(fleet: Fleet, db: Database, clock: FixedClock) -> None:
 
 # --- confirm ---------------------------------------------------------------------------------
 
-def _attested(svc: OnboardingService, dev: FleetDevice,
-              clock: FixedClock) -> tuple[DeviceSession, SoftKey, Onboarded]:
-    session = say_hello(svc, dev, clock)
-    key = SoftKey()
-    return session, key, accept(svc, session, key, attest_wire(dev, session, key), clock)
+@pytest.fixture
+def attested(svc: OnboardingService, clock: FixedClock, started: Started,
+             ) -> Callable[[], tuple[str, DeviceSession, SoftKey, Onboarded]]:
+    """A fresh device's id, its session, its operational key and its attest's answer."""
+
+    def attest() -> tuple[str, DeviceSession, SoftKey, Onboarded]:
+        dev, device_id, session = started()
+        key = SoftKey()
+        return device_id, session, key, accept(svc, session, key,
+                                               attest_wire(dev, session, key), clock)
+
+    return attest
 
 
 def test_confirm_confirmed_meanwhile_is_replayed_even_with_a_bad_signature(
         svc: OnboardingService, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice],
-        before_write: Callable[[Callable[[], object]], None]) -> None:
-    dev = fresh()
-    device_id = device_id_of(db, dev)
-    session, key, onboarded = _attested(svc, dev, clock)
+        attested: Callable[[], tuple[str, DeviceSession, SoftKey, Onboarded]],
+        before_write: BeforeWrite) -> None:
+    device_id, session, key, onboarded = attested()
     good = build_confirm(session, onboarded, operational_signer=key)
     bad = dataclasses.replace(good, signature=SoftKey().sign(b"x"))
     before_write(lambda: svc.confirm(good.to_wire(), source=SOURCE))
@@ -421,11 +430,9 @@ def test_confirm_confirmed_meanwhile_is_replayed_even_with_a_bad_signature(
 
 def test_confirm_revoked_meanwhile_is_expired(
         svc: OnboardingService, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice],
-        before_write: Callable[[Callable[[], object]], None]) -> None:
-    dev = fresh()
-    device_id = device_id_of(db, dev)
-    session, key, onboarded = _attested(svc, dev, clock)
+        attested: Callable[[], tuple[str, DeviceSession, SoftKey, Onboarded]],
+        before_write: BeforeWrite) -> None:
+    device_id, session, key, onboarded = attested()
 
     def revoke() -> None:
         with db.transaction() as tx:
@@ -444,13 +451,15 @@ def test_confirm_revoked_meanwhile_is_expired(
 
 # --- the issuer's two halves -----------------------------------------------------------------
 
+def to_issue(fleet: Fleet, db: Database, clock: FixedClock,
+             dev: FleetDevice) -> tuple[Issuer, str, SoftKey, CertificateAuthority]:
+    """An issuer, ``dev``'s id, a new key for it and the active issuing CA."""
+    return Issuer(fleet.secrets, clock), device_id_of(db, dev), SoftKey(), active_ca(db)
+
+
 def test_issuer_build_then_record(fleet: Fleet, db: Database, clock: FixedClock,
-                                  fresh: Callable[[str], FleetDevice]) -> None:
-    issuer = Issuer(fleet.secrets, clock)
-    device_id = device_id_of(db, fresh())
-    key = SoftKey()
-    with db.transaction(readonly=True) as tx:
-        ca = active_issuing_ca(tx)
+                                  fresh: Fresh) -> None:
+    issuer, device_id, key, ca = to_issue(fleet, db, clock, fresh())
     built = issuer.build(ca, device_id=device_id, public_key=key.public_key,
                          lifetime=timedelta(days=2), crl_url=None)
     assert credentials_of(db, device_id) == []  # built is not issued
@@ -469,12 +478,8 @@ def test_issuer_build_then_record(fleet: Fleet, db: Database, clock: FixedClock,
 
 def test_issuer_record_refuses_a_ca_no_longer_active(
         fleet: Fleet, db: Database, clock: FixedClock,
-        fresh: Callable[[str], FleetDevice]) -> None:
-    issuer = Issuer(fleet.secrets, clock)
-    device_id = device_id_of(db, fresh())
-    key = SoftKey()
-    with db.transaction(readonly=True) as tx:
-        ca = active_issuing_ca(tx)
+        fresh: Fresh) -> None:
+    issuer, device_id, key, ca = to_issue(fleet, db, clock, fresh())
     built = issuer.build(ca, device_id=device_id, public_key=key.public_key, crl_url=None)
     roll_over(fleet, db, clock)
     with pytest.raises(ConflictError) as info, db.transaction() as tx:

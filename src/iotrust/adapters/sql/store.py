@@ -479,7 +479,6 @@ def _begin_readonly(conn: Connection) -> None:
     Set right before the transaction begins; SQLite's dialect hook consumes it, other backends
     ignore it.
     """
-    conn.execution_options(iotrust_readonly=True)
     conn.connection.info[_READONLY_BEGIN] = True
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -87,16 +86,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, clock: FixedClock) -> Fleet:
     return fleet
 
 
-@pytest.fixture(scope="module")
-def db(fleet: Fleet) -> Iterator[Database]:
-    database = fleet.open_db()
-    yield database
-    database.close()
-
-
-@pytest.fixture(scope="module")
-def svc(fleet: Fleet, db: Database, clock: FixedClock) -> OnboardingService:
-    return OnboardingService(db, clock, fleet.settings, fleet.secrets)
+# db and svc: tests/integration/conftest.py
 
 
 _next = iter(range(14))

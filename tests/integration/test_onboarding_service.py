@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -99,33 +99,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, clock: FixedClock) -> Fleet:
     return build_fleet(tmp_path_factory.mktemp("onb-svc"), makers=MAKERS, clock=clock)
 
 
-@pytest.fixture(scope="module")
-def db(fleet: Fleet) -> Iterator[Database]:
-    database = fleet.open_db()
-    yield database
-    database.close()
-
-
-@pytest.fixture(scope="module")
-def svc(fleet: Fleet, db: Database, clock: FixedClock) -> OnboardingService:
-    return OnboardingService(db, clock, fleet.settings, fleet.secrets)
-
-
-_taken: set[str] = set()
-
-
-@pytest.fixture
-def fresh(fleet: Fleet) -> Callable[[str], FleetDevice]:
-    """A device of ``maker`` that no other test has used."""
-
-    def take(maker: str = "widgetco") -> FleetDevice:
-        for serial in fleet.serials(maker):
-            if serial not in _taken:
-                _taken.add(serial)
-                return fleet.device(serial)
-        raise RuntimeError(f"no fresh device of {maker} left")
-
-    return take
+# db, svc and fresh: tests/integration/conftest.py
 
 
 # --- device side -----------------------------------------------------------------------------

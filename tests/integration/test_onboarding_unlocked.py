@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -72,31 +72,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, clock: FixedClock) -> Fleet:
                        clock=clock)
 
 
-@pytest.fixture(scope="module")
-def db(fleet: Fleet) -> Iterator[Database]:
-    database = fleet.open_db()
-    yield database
-    database.close()
-
-
-@pytest.fixture(scope="module")
-def svc(fleet: Fleet, db: Database, clock: FixedClock) -> OnboardingService:
-    return OnboardingService(db, clock, fleet.settings, fleet.secrets)
-
-
-_taken: set[str] = set()
-
-
-@pytest.fixture
-def fresh(fleet: Fleet) -> Fresh:
-    def take(maker: str = "widgetco") -> FleetDevice:
-        for serial in fleet.serials(maker):
-            if serial not in _taken:
-                _taken.add(serial)
-                return fleet.device(serial)
-        raise RuntimeError(f"no fresh device of {maker} left")
-
-    return take
+# db, svc and fresh: tests/integration/conftest.py
 
 
 @pytest.fixture

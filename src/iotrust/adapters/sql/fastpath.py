@@ -42,33 +42,14 @@ _PARAM: Final = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 
 def _dt_in_sqlite(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise TypeError("only timezone-aware datetimes can be stored")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    value = s.utc_for_storage(value)
+    return None if value is None else value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _dt_out_sqlite(value: str | None) -> datetime | None:
     if value is None:
         return None
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
-
-
-def _dt_in_pg(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise TypeError("only timezone-aware datetimes can be stored")
-    return value.astimezone(UTC)
-
-
-def _dt_out_pg(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def _json_out_sqlite(value: Any) -> Any:  # noqa: ANN401 - JSON
@@ -88,9 +69,9 @@ class Dialect:
         self.name = name
         self.sqlite = name == "sqlite"
         self.dt_in: Callable[[datetime | None], Any] = (
-            _dt_in_sqlite if self.sqlite else _dt_in_pg)
+            _dt_in_sqlite if self.sqlite else s.utc_for_storage)
         self.dt_out: Callable[[Any], datetime | None] = (
-            _dt_out_sqlite if self.sqlite else _dt_out_pg)
+            _dt_out_sqlite if self.sqlite else s.utc_from_storage)
         self.json_out: Callable[[Any], Any] = _json_out_sqlite if self.sqlite else _same
 
 

@@ -45,6 +45,24 @@ NAMING_CONVENTION = {
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def utc_for_storage(value: datetime | None) -> datetime | None:
+    """An aware datetime normalised to UTC (``None`` stays); naive ones are a programming error."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise TypeError("only timezone-aware datetimes can be stored")
+    return value.astimezone(UTC)
+
+
+def utc_from_storage(value: datetime | None) -> datetime | None:
+    """A stored datetime as aware UTC (naive values are UTC; ``None`` stays)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """``DateTime(timezone=True)`` that only accepts and only returns aware UTC datetimes.
 
@@ -57,23 +75,15 @@ class UtcDateTime(TypeDecorator[datetime]):
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Normalise to UTC; naive datetimes are a programming error."""
-        if value is None:
-            return None
-        if not isinstance(value, datetime) or value.tzinfo is None:
-            raise TypeError("only timezone-aware datetimes can be stored")
-        value = value.astimezone(UTC)
-        if dialect.name == "sqlite":
+        value = utc_for_storage(value)
+        if value is not None and dialect.name == "sqlite":
             return value.replace(tzinfo=None)
         return value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Return aware UTC."""
         del dialect
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        return utc_from_storage(value)
 
 
 def _states(column: str, values: tuple[str, ...], name: str | None = None) -> CheckConstraint:

@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from tests.unit.core.test_pki import SoftSigner
 
 from iotrust.core import pki
 from iotrust.core.pki import _crl
@@ -17,24 +16,6 @@ from iotrust.errors import InputError
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 YEAR = timedelta(days=365)
-
-
-class SoftSigner:
-    """An in-process key."""
-
-    def __init__(self) -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
-
-    @property
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._key.public_key()
-
-    @property
-    def private_key(self) -> ec.EllipticCurvePrivateKey:
-        return self._key
-
-    def sign(self, data: bytes) -> bytes:
-        return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
 @pytest.fixture(autouse=True)

@@ -735,8 +735,9 @@ class Tx:
     def _run(self, sql: fp.Sql, params: Mapping[str, Any] | None, *, rows: bool) -> Any:  # noqa: ANN401
         """Run a hand-written statement on the driver's cursor (:mod:`.fastpath`).
 
-        Returns its rows (``rows``) or its row count. Driver errors come out wrapped as
-        SQLAlchemy's (``IntegrityError`` and other ``DBAPIError``), as from ``_exec``.
+        Returns its rows (``rows``) or its row count. An integrity violation comes out as
+        SQLAlchemy's ``IntegrityError`` (for the caller to make precise), any other driver error
+        translated (:func:`_translate`), as from ``_exec``.
         """
         if self._closed:
             raise RuntimeError("transaction already ended")
@@ -758,28 +759,21 @@ class Tx:
             if invalidated:
                 self._cursor = None
                 self._conn.invalidate(exc)
-            raise DBAPIError.instance(text_, None, exc, dialect.loaded_dbapi.Error,
-                                      hide_parameters=True, connection_invalidated=invalidated,
-                                      dialect=dialect) from None
+            wrapped = DBAPIError.instance(text_, None, exc, dialect.loaded_dbapi.Error,
+                                          hide_parameters=True,
+                                          connection_invalidated=invalidated, dialect=dialect)
+            if isinstance(wrapped, DBAPIError) and not isinstance(wrapped, IntegrityError):
+                raise _translate(wrapped) from None
+            raise wrapped from None
         return cursor.rowcount
 
     def _query(self, sql: fp.Sql, params: Mapping[str, Any] | None = None) -> list[Any]:
         """A hand-written query's rows (named tuples for :class:`~.fastpath.Sql` with fields)."""
-        try:
-            return self._run(sql, params, rows=True)  # type: ignore[no-any-return]
-        except IntegrityError:
-            raise
-        except DBAPIError as exc:
-            raise _translate(exc) from None
+        return self._run(sql, params, rows=True)  # type: ignore[no-any-return]
 
     def _update(self, sql: fp.Sql, params: Mapping[str, Any]) -> int:
         """A hand-written write's row count (integrity violations are not expected: re-raised)."""
-        try:
-            return int(self._run(sql, params, rows=False))
-        except IntegrityError:
-            raise
-        except DBAPIError as exc:
-            raise _translate(exc) from None
+        return int(self._run(sql, params, rows=False))
 
     def _insert_raw(self, table: Table, sql: fp.Sql, params: Mapping[str, Any],
                     row: Mapping[str, Any]) -> None:
@@ -802,8 +796,6 @@ class Tx:
             self._run(_RELEASE_SAVEPOINT, None, rows=False)
         except IntegrityError as exc:
             raise self._integrity(exc, table, row) from None
-        except DBAPIError as exc:
-            raise _translate(exc) from None
 
     def _exec(self, stmt: Executable, params: Any = None) -> CursorResult[Any]:  # noqa: ANN401
         if self._closed:
